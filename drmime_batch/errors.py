@@ -1,0 +1,67 @@
+"""Every exception drmime_batch raises on purpose.
+
+All of them derive from :class:`DrmimeError`, and each one also derives from the builtin a caller
+would naturally catch (``ValueError``, ``FileNotFoundError``, ...), so ``except ValueError`` keeps
+working for people who do not know this module. Messages name the offending file, argument or
+pair id, what was expected and what was received.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClusterConfigError",
+    "CorruptImageError",
+    "DrmimeError",
+    "ImageNotFoundError",
+    "InputImageError",
+    "LandmarkError",
+    "ManifestError",
+    "QueueError",
+    "QueueLockedError",
+    "RegistrationDivergedError",
+    "UnsupportedFormatError",
+]
+
+
+class DrmimeError(Exception):
+    """Root of every error raised on purpose by drmime_batch."""
+
+
+class InputImageError(DrmimeError, ValueError):
+    """An image array is unusable: wrong rank, empty, all-NaN, constant, ..."""
+
+
+class ImageNotFoundError(DrmimeError, FileNotFoundError):
+    """An image path does not exist."""
+
+
+class UnsupportedFormatError(DrmimeError, ValueError):
+    """A file exists but is not a format drmime_batch can read."""
+
+
+class CorruptImageError(DrmimeError, ValueError):
+    """A file claims a supported format but its content cannot be decoded (truncated, damaged)."""
+
+
+class RegistrationDivergedError(DrmimeError, RuntimeError):
+    """The optimiser produced a non-finite or degenerate transform."""
+
+
+class ManifestError(DrmimeError, ValueError):
+    """A batch manifest is unreadable or inconsistent; nothing from it was queued."""
+
+
+class QueueError(DrmimeError, RuntimeError):
+    """The persistent queue cannot do what was asked."""
+
+
+class QueueLockedError(QueueError):
+    """Another ``run`` driver is alive on the same queue."""
+
+
+class LandmarkError(DrmimeError, ValueError):
+    """A landmark file is missing or malformed."""
+
+
+class ClusterConfigError(DrmimeError, ValueError):
+    """A cluster configuration (dask-jobqueue / Kubernetes / TLS) is invalid."""
