@@ -4,18 +4,35 @@ The public surface is small: :func:`register` (one pair of arrays), :class:`Regi
 (its immutable record) and :class:`RegistrationConfig` (every knob, with defaults that work).
 Whole-slide IO lives in :mod:`drmime_batch.io`, the batch engine in :mod:`drmime_batch.engine`,
 landmark evaluation in :mod:`drmime_batch.evaluation`.
+
+The names are imported lazily so that queue commands (``status``, ``cancel``) start without
+importing torch.
 """
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("drmime-batch")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0+unknown"
 
-from drmime_batch._api import register
-from drmime_batch.core import RegistrationConfig, RegistrationResult
+if TYPE_CHECKING:
+    from drmime_batch._api import register
+    from drmime_batch.core import RegistrationConfig, RegistrationResult
 
 __all__ = ["RegistrationConfig", "RegistrationResult", "__version__", "register"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "register":
+        from drmime_batch._api import register
+
+        return register
+    if name in ("RegistrationConfig", "RegistrationResult"):
+        from drmime_batch import core
+
+        return getattr(core, name)
+    raise AttributeError(f"module 'drmime_batch' has no attribute {name!r}")
