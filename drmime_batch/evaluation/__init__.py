@@ -15,6 +15,7 @@ Examples
 
 from __future__ import annotations
 
+from drmime_batch.evaluation._batch import SUMMARY_KEYS, evaluate_rows, image_shape, summarise_rows
 from drmime_batch.evaluation._fit import best_fit_matrix
 from drmime_batch.evaluation._landmarks import pair_landmarks, read_landmarks, write_landmarks
 from drmime_batch.evaluation._report import write_html_report
@@ -27,14 +28,18 @@ from drmime_batch.evaluation._scores import (
 )
 
 __all__ = [
+    "SUMMARY_KEYS",
     "LandmarkScores",
     "best_fit_matrix",
     "evaluate_matrix",
+    "evaluate_rows",
     "image_diagonal",
+    "image_shape",
     "landmark_errors",
     "pair_landmarks",
     "read_landmarks",
     "summarise",
+    "summarise_rows",
     "write_html_report",
     "write_landmarks",
 ]
