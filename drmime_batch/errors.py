@@ -13,9 +13,11 @@ __all__ = [
     "CorruptImageError",
     "DrmimeError",
     "ImageNotFoundError",
+    "IncompleteOutputError",
     "InputImageError",
     "LandmarkError",
     "ManifestError",
+    "OutputStoreError",
     "QueueError",
     "QueueLockedError",
     "RegistrationDivergedError",
@@ -65,3 +67,11 @@ class LandmarkError(DrmimeError, ValueError):
 
 class ClusterConfigError(DrmimeError, ValueError):
     """A cluster configuration (dask-jobqueue / Kubernetes / TLS) is invalid."""
+
+
+class OutputStoreError(DrmimeError, ValueError):
+    """An output store or pair id cannot be written as asked (bad pair id, wrong zarr format)."""
+
+
+class IncompleteOutputError(DrmimeError, FileNotFoundError):
+    """A pair's output is missing or was never completed (interrupted write)."""
