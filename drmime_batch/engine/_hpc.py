@@ -488,7 +488,9 @@ def _jobqueue_kwargs(kind: str, settings: HpcSettings, source: str) -> dict[str,
             f"cores and memory of one job (e.g. jobqueue: {{{kind}: {{cores: 8, memory: 64GB}}}})"
         )
     gpus = settings.gpus_per_job
-    kwargs: dict[str, Any] = {}
+    # Every job setting is passed explicitly: dask-jobqueue re-creates jobs long after
+    # construction (scaling, adapting), when the YAML's dask.config.set is no longer in force.
+    kwargs = _explicit_job_kwargs(kind, cfg)
     processes = cfg.get("processes")
     if gpus > 0:
         if processes is not None and processes != gpus:
@@ -531,6 +533,31 @@ def _jobqueue_kwargs(kind: str, settings: HpcSettings, source: str) -> dict[str,
     elif kind == "pbs":
         kwargs["resource_spec"] = _pbs_resource_spec(cfg, gpus, source)
     kwargs["job_extra_directives"] = directives
+    return kwargs
+
+
+_DEPRECATED_JOB_KEYS = frozenset({"extra", "env-extra", "job-extra", "header-skip"})
+
+
+def _explicit_job_kwargs(kind: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The job class's keyword arguments present (non-null) in ``jobqueue.<kind>``."""
+    import inspect
+
+    from dask_jobqueue.core import Job
+
+    _, job_cls = _jobqueue_classes(kind)
+    accepted = set(inspect.signature(job_cls.__init__).parameters) | set(
+        inspect.signature(Job.__init__).parameters
+    )
+    accepted -= {"self", "scheduler", "name", "config_name", "security", "protocol", "interface"}
+    kwargs: dict[str, Any] = {}
+    for key, value in cfg.items():
+        canon = str(key).replace("_", "-")
+        if value is None or canon in _DEPRECATED_JOB_KEYS:
+            continue
+        param = "job_name" if canon == "name" else canon.replace("-", "_")
+        if param in accepted:
+            kwargs[param] = copy.deepcopy(value)
     return kwargs
 
 

@@ -1,0 +1,233 @@
+"""Kubernetes manifests, the generated DaskCluster spec and the Dockerfile (no cluster, no engine)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from drmime_batch.engine._hpc import kubernetes_cluster_spec, load_cluster_config, make_cluster
+from drmime_batch.errors import ClusterConfigError
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+K8S = DEPLOY / "kubernetes"
+HAS_DASK_KUBERNETES = importlib.util.find_spec("dask_kubernetes") is not None
+
+
+def _docs(name: str) -> list[dict]:
+    docs = [d for d in yaml.safe_load_all((K8S / name).read_text(encoding="utf-8")) if d]
+    assert docs, name
+    return docs
+
+
+def _all_docs() -> list[dict]:
+    return [doc for path in sorted(K8S.glob("*.yaml")) for doc in _docs(path.name)]
+
+
+def _one(kind: str) -> dict:
+    found = [d for d in _all_docs() if d["kind"] == kind]
+    assert len(found) == 1, (kind, [d["kind"] for d in _all_docs()])
+    return found[0]
+
+
+def _check_dask_cluster(spec: dict) -> None:
+    """What the dask-kubernetes operator needs, plus our GPU and exposure rules."""
+    assert spec["apiVersion"] == "kubernetes.dask.org/v1"
+    assert spec["kind"] == "DaskCluster"
+    name = spec["metadata"]["name"]
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name)
+    body = spec["spec"]
+    # the CRD requires spec.scheduler{spec, service} and spec.worker{spec}
+    assert {"scheduler", "worker"} <= set(body)
+    assert {"spec", "service"} <= set(body["scheduler"])
+    assert "spec" in body["worker"]
+
+    (sched,) = body["scheduler"]["spec"]["containers"]
+    sched_cmd = sched.get("command", []) + sched.get("args", [])
+    assert sched_cmd[:2] == ["dask", "scheduler"]
+    assert {p["containerPort"] for p in sched["ports"]} >= {8786}
+    # CPU scheduler: no GPU anywhere in its resources
+    assert "gpu" not in yaml.safe_dump(sched.get("resources", {})).lower()
+
+    service = body["scheduler"]["service"]
+    assert service.get("type", "ClusterIP") == "ClusterIP"
+    assert not any("nodePort" in p for p in service["ports"])
+    assert service["selector"] == {
+        "dask.org/cluster-name": name,
+        "dask.org/component": "scheduler",
+    }
+    assert {p["port"] for p in service["ports"]} >= {8786}
+
+    (worker,) = body["worker"]["spec"]["containers"]
+    cmd = worker.get("command", []) + worker.get("args", [])
+    assert cmd[:2] == ["dask", "worker"]
+    i = cmd.index("--resources")
+    assert cmd[i + 1] == "GPU=1"
+    assert "$(DASK_WORKER_NAME)" in cmd
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # GPU requests, if any, must equal the limit (extended resources cannot be overcommitted)
+    assert worker["resources"].get("requests", {}).get("nvidia.com/gpu", 1) == 1
+
+
+def test_every_manifest_parses_and_names_kind_and_api_version():
+    docs = _all_docs()
+    kinds = {d["kind"] for d in docs}
+    assert {"DaskCluster", "Job", "PersistentVolumeClaim"} <= kinds
+    for doc in docs:
+        assert doc["apiVersion"] and doc["metadata"]["name"]
+
+
+def test_dask_cluster_manifest_cpu_scheduler_gpu_workers():
+    spec = _one("DaskCluster")
+    _check_dask_cluster(spec)
+    worker_pod = spec["spec"]["worker"]["spec"]
+    claim = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in worker_pod["volumes"]}
+    assert claim["shared"] == _one("PersistentVolumeClaim")["metadata"]["name"]
+    mounts = worker_pod["containers"][0]["volumeMounts"]
+    assert {"name": "shared", "mountPath": "/data"} in mounts
+
+
+def test_no_service_anywhere_is_exposed_outside_the_cluster():
+    for doc in _all_docs():
+        text = yaml.safe_dump(doc)
+        assert "LoadBalancer" not in text and "NodePort" not in text, doc["metadata"]["name"]
+        assert "hostNetwork: true" not in text and "hostPort" not in text
+
+
+def test_pvc_is_shared_read_write_many():
+    pvc = _one("PersistentVolumeClaim")
+    assert pvc["apiVersion"] == "v1"
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_driver_job_runs_submit_and_run_against_the_in_cluster_scheduler():
+    job = _one("Job")
+    cluster = _one("DaskCluster")
+    assert job["apiVersion"] == "batch/v1"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] in ("Never", "OnFailure")
+    (container,) = pod["containers"]
+    script = " ".join(container.get("command", []) + container.get("args", []))
+    address = f"tcp://{cluster['metadata']['name']}-scheduler:8786"
+    assert "drmime-batch submit" in script
+    assert re.search(rf"drmime-batch run .*--scheduler {re.escape(address)}", script), script
+    # the driver takes no GPU, and shares the workers' volume at the same path
+    assert "gpu" not in yaml.safe_dump(container.get("resources", {})).lower()
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
+    pvc = _one("PersistentVolumeClaim")["metadata"]["name"]
+    mount = next(m for m in container["volumeMounts"] if claims[m["name"]] == pvc)
+    assert mount["mountPath"] == "/data"
+    assert "/data/" in script  # queue and outputs on the shared volume
+    # the pod carries the label the NetworkPolicy lets through to the scheduler
+    policy = _one("NetworkPolicy")
+    allowed = [rule["podSelector"]["matchLabels"] for rule in policy["spec"]["ingress"][0]["from"]]
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert any(all(labels.get(k) == v for k, v in sel.items()) for sel in allowed)
+
+
+def test_no_secret_values_in_manifests():
+    for path in K8S.glob("*.yaml"):
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"(?i)(aws_secret_access_key|password|token)\s*[:=]\s*\S", text), path
+        assert "kind: Secret" not in text, path  # secrets are created by the user, not committed
+
+
+def test_generated_spec_follows_the_same_rules(tmp_path):
+    config = load_cluster_config(DEPLOY / "hpc" / "kubernetes.yaml")
+    spec = kubernetes_cluster_spec(config)
+    _check_dask_cluster(spec)
+    worker = spec["spec"]["worker"]["spec"]["containers"][0]
+    assert worker["image"] == config["kubernetes"]["image"]
+    assert {"name": "OMP_NUM_THREADS", "value": "4"} in worker["env"]
+    assert spec["spec"]["worker"]["spec"]["volumes"][0]["persistentVolumeClaim"] == {
+        "claimName": "drmime-data"
+    }
+    two = tmp_path / "two.yaml"
+    two.write_text("drmime-batch: {gpus-per-job: 2}\n", encoding="utf-8")
+    w2 = kubernetes_cluster_spec(load_cluster_config(two))["spec"]["worker"]["spec"]["containers"][0]
+    assert w2["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert w2["command"][w2["command"].index("--nworkers") + 1] == "2"
+    assert w2["command"][w2["command"].index("--resources") + 1] == "GPU=1"
+
+
+@pytest.mark.skipif(not HAS_DASK_KUBERNETES, reason="dask-kubernetes (extra k8s) not installed")
+def test_generated_spec_matches_the_operator_template():
+    from dask_kubernetes.operator import make_cluster_spec
+    from dask_kubernetes.operator.validation import validate_cluster_name
+
+    validate_cluster_name(_one("DaskCluster")["metadata"]["name"])
+    validate_cluster_name(kubernetes_cluster_spec({})["metadata"]["name"])
+
+    theirs = make_cluster_spec(name="drmime-batch", image="img")
+    ours = kubernetes_cluster_spec({"kubernetes": {"name": "drmime-batch", "image": "img"}})
+    assert ours["apiVersion"] == theirs["apiVersion"] and ours["kind"] == theirs["kind"]
+    assert set(theirs["spec"]["scheduler"]) == set(ours["spec"]["scheduler"])
+    assert ours["spec"]["scheduler"]["service"]["selector"] == theirs["spec"]["scheduler"]["service"]["selector"]
+
+
+@pytest.mark.skipif(HAS_DASK_KUBERNETES, reason="checks the message shown without dask-kubernetes")
+def test_kubernetes_without_the_extra_names_it():
+    with pytest.raises(ClusterConfigError, match=r"pip install 'drmime-batch\[k8s\]'"):
+        make_cluster("kubernetes", config_path=None, min_jobs=0, max_jobs=2)
+
+
+# --- Dockerfile: structural lint (no container engine here) -------------------------------------
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
+    text = re.sub(r"\\\n", " ", text)
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            instr, _, rest = line.partition(" ")
+            out.append((instr.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_structure():
+    steps = _dockerfile()
+    instrs = [i for i, _ in steps]
+    known = {"ARG", "FROM", "ENV", "WORKDIR", "COPY", "RUN", "USER", "ENTRYPOINT", "CMD", "LABEL"}
+    assert set(instrs) <= known, set(instrs) - known
+    args = dict(
+        a.split("=", 1) for i, a in steps if i == "ARG" and "=" in a
+    )
+    froms = [a for i, a in steps if i == "FROM"]
+    assert len(froms) == 1
+    base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], froms[0])
+    assert re.fullmatch(r"pytorch/pytorch:[\w.]+-cuda[\d.]+-cudnn\d+-(runtime|devel)", base), base
+    assert instrs.index("FROM") < instrs.index("COPY")
+
+    # the package source is copied and pip-installed from it
+    copies = [a for i, a in steps if i == "COPY"]
+    assert any(a.startswith("drmime_batch ") for a in copies)
+    assert any(a.startswith("pyproject.toml") for a in copies)
+    runs = " ".join(a for i, a in steps if i == "RUN")
+    assert re.search(r"pip install \"?\.(\[[\w,]+\])?\"?", runs), runs
+    assert instrs.index("COPY") < instrs.index("RUN")
+
+    # runs as a non-root user, from after the installs to the end
+    users = [a for i, a in steps if i == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    last_user = len(instrs) - 1 - instrs[::-1].index("USER")
+    assert "RUN" not in instrs[last_user:]
+
+    entry = next(a for i, a in steps if i == "ENTRYPOINT")
+    assert yaml.safe_load(entry) == ["drmime-batch"]  # exec form
+
+
+def test_dockerfile_has_no_secrets_and_no_add_from_urls():
+    text = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
+    assert not re.search(r"(?i)(secret|password|token|access_key)\s*=", text)
+    assert "ADD http" not in text
+    for instr, arg in _dockerfile():
+        if instr == "ENV":
+            for word in shlex.split(arg):
+                assert not re.match(r"(?i)(AWS_|GOOGLE_|AZURE_)", word), word
