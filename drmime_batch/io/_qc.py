@@ -1,0 +1,87 @@
+"""QC picture of a registered pair: fixed, moving, registered and a two-colour overlay."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from drmime_batch.core._convention import matrix_to_level
+from drmime_batch.io._atomic import staging
+from drmime_batch.io._multiscale import MultiscaleImage
+from drmime_batch.io._warp import resample_window
+from drmime_batch.io._writers import _pair_dir
+
+__all__ = ["qc_panels", "write_qc"]
+
+#: longer side of each thumbnail (pixels)
+THUMB_SIDE = 512
+
+
+def _display(arr: np.ndarray) -> np.ndarray:
+    """uint8 RGB for display: grayscale replicated, other dtypes stretched to 0.5-99.5 %."""
+    if arr.ndim == 3 and arr.shape[2] >= 3:
+        arr = arr[..., :3]
+    elif arr.ndim == 3:
+        arr = arr[..., 0]
+    if arr.dtype != np.uint8:
+        f = arr.astype(np.float64)
+        lo, hi = np.percentile(f, [0.5, 99.5]) if f.size else (0.0, 1.0)
+        arr = np.clip((f - lo) / max(hi - lo, 1e-12) * 255.0, 0, 255).astype(np.uint8)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    return arr
+
+
+def _gray(rgb: np.ndarray) -> np.ndarray:
+    return (rgb.astype(np.float64) @ [0.299, 0.587, 0.114]).astype(np.uint8)
+
+
+def qc_panels(fixed: MultiscaleImage, moving: MultiscaleImage, matrix: Any) -> dict[str, np.ndarray]:
+    """The four uint8 RGB thumbnails of a pair, on the fixed thumbnail's grid for the last two.
+
+    Reads one small level of each image; the registered thumbnail is the moving thumbnail
+    warped with ``matrix`` expressed between the two levels.
+    """
+    fl = fixed.level_for(THUMB_SIDE)
+    ml = moving.level_for(THUMB_SIDE)
+    f = _display(fixed.read_level(fl))
+    mv = moving.read_level(ml)
+    m_level = matrix_to_level(
+        np.asarray(matrix, dtype=np.float64),
+        fixed_downsample=fixed.downsamples[fl],
+        moving_downsample=moving.downsamples[ml],
+    )
+    reg = _display(resample_window(mv, m_level, f.shape[:2], order=1))
+    mv = _display(mv)
+    # inverted luminance: tissue bright, background dark; fixed in magenta, registered in green
+    fg, rg = 255 - _gray(f), 255 - _gray(reg)
+    overlay = np.stack([fg, rg, fg], axis=-1)
+    return {"fixed": f, "moving": mv, "registered": reg, "overlay (fixed magenta, registered green)": overlay}
+
+
+def write_qc(out: str | Path, pair_id: str, fixed: MultiscaleImage, moving: MultiscaleImage, matrix: Any) -> Path:
+    """Write ``OUT/<pair_id>/qc.png``, a 2x2 grid of labelled thumbnails, atomically.
+
+    Returns the path written.
+    """
+    from PIL import Image, ImageDraw
+
+    panels = qc_panels(fixed, moving, matrix)
+    pad, label_h = 6, 16
+    cell_h = max(p.shape[0] for p in panels.values())
+    cell_w = max(p.shape[1] for p in panels.values())
+    canvas = Image.new("RGB", (2 * cell_w + 3 * pad, 2 * (cell_h + label_h) + 3 * pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k, (label, img) in enumerate(panels.items()):
+        x = pad + (k % 2) * (cell_w + pad)
+        y = pad + (k // 2) * (cell_h + label_h + pad)
+        draw.text((x, y), label, fill="black")
+        canvas.paste(Image.fromarray(img), (x, y + label_h))
+    final = _pair_dir(out, pair_id) / "qc.png"
+    with staging(final) as tmp:
+        canvas.save(tmp, format="PNG")
+        os.replace(tmp, final)
+    return final

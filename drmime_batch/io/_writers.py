@@ -1,0 +1,389 @@
+"""Writers of one pair's outputs, atomic, with a completion marker.
+
+Layout (a contract with the engine and the report)::
+
+    OUT.zarr/                       zarr v3 group
+      <pair_id>/                    zarr v3 group; attribute "drmime_batch" = the completion marker
+        transform                   zarr array, 3x3 float64 fixed -> moving matrix (full-res pixels)
+        registered/                 OME-Zarr 0.5 multiscale group   (format="ome-zarr")
+        registered.ome.tif          pyramidal OME-TIFF               (format="ome-tiff")
+        qc.png                      QC picture
+
+Atomicity
+    Every output is written under a hidden temporary sibling name (``.drmime-tmp-<name>-<id>``)
+    and renamed into place only once complete; an interrupted write leaves at most a hidden
+    leftover (swept by the next write of that pair), never a half-written ``transform`` or
+    ``registered``.
+
+Completion marker
+    Each write gets a random ``write_id``, stored in the output's own attributes *and*, last of
+    all, in the pair group's marker::
+
+        {"layout": 1, "pair_id": ..., "transform": {"write_id": T},
+         "registered": {"write_id": R, "transform_write_id": T, "format": ..., "path": ...}}
+
+    :func:`pair_is_complete` trusts an output only when the marker names it and the ids on disk
+    agree, so a crash between a rename and the marker update reads as *incomplete*. Transform and
+    registered image are written at different times (``--no-warp`` never writes the second):
+    ``pair_is_complete(..., warp=False)`` needs the transform only. ``write_transform`` first
+    clears the marker and deletes the previous attempt's registered image and QC picture, and
+    ``write_registered`` records which transform it was made for, so a retry never mixes old and
+    new outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import dask.array as da
+import numpy as np
+
+from drmime_batch.core._convention import matrix_to_physical
+from drmime_batch.errors import IncompleteOutputError, OutputStoreError
+from drmime_batch.io._atomic import new_write_id, remove_path, replace_path, staging, sweep_staging
+from drmime_batch.io._omezarr import write_ome_tiff, write_ome_zarr
+
+__all__ = ["pair_is_complete", "read_marker", "read_transform", "write_registered", "write_transform"]
+
+logger = logging.getLogger(__name__)
+
+MARKER_KEY = "drmime_batch"
+LAYOUT_VERSION = 1
+CONVENTION = (
+    "3x3 matrix mapping a FIXED pixel (x=column, y=row, origin at the centre of the top-left pixel, "
+    "full resolution) to the MOVING pixel, homogeneous with projective divide; "
+    "registered(p) = moving(M p)"
+)
+_PAIR_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,199}$")
+_REGISTERED_PATHS = {"ome-zarr": "registered", "ome-tiff": "registered.ome.tif"}
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _pair_dir(out: str | Path, pair_id: str) -> Path:
+    if not isinstance(pair_id, str) or not _PAIR_ID.match(pair_id):
+        raise OutputStoreError(
+            f"pair id {pair_id!r} cannot name a zarr node: use letters, digits and . _ + = - "
+            "(not starting with a dot or dash, at most 200 characters)"
+        )
+    return Path(out) / pair_id
+
+
+def _ensure_groups(root: Path, pair_dir: Path) -> None:
+    import zarr
+
+    for path in (root, pair_dir):
+        if (path / "zarr.json").exists():
+            continue
+        if (path / ".zgroup").exists() or (path / ".zarray").exists():
+            raise OutputStoreError(f"{path} is a zarr v2 node; drmime_batch writes zarr v3 outputs (choose a new OUT)")
+        zarr.open_group(store=str(path), mode="a", zarr_format=3)
+
+
+def _json_safe(value: Any) -> Any:
+    """Attributes as strict JSON: numpy to Python, non-finite floats to None, paths to str."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        f = float(value)
+        return f if math.isfinite(f) else None
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
+
+
+def read_marker(out: str | Path, pair_id: str) -> dict[str, Any]:
+    """The pair's completion marker (``{}`` when the pair group or marker is absent)."""
+    meta = _pair_dir(out, pair_id) / "zarr.json"
+    try:
+        doc = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return {}
+    marker = doc.get("attributes", {}).get(MARKER_KEY, {})
+    return marker if isinstance(marker, dict) else {}
+
+
+def _write_marker(pair_dir: Path, marker: dict[str, Any]) -> None:
+    import zarr
+
+    group = zarr.open_group(store=str(pair_dir), mode="a", zarr_format=3)
+    group.update_attributes({MARKER_KEY: _json_safe(marker)})
+
+
+def _array_attrs(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return doc.get("attributes", {})
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for name in ("drmime_batch", "numpy", "dask", "zarr", "tifffile", "torch", "scipy"):
+        mod = sys.modules.get(name)
+        if mod is not None and hasattr(mod, "__version__"):
+            out[name] = str(mod.__version__)
+    return out
+
+
+def _coerce_matrix(matrix: Any) -> np.ndarray:
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape != (3, 3):
+        raise ValueError(f"matrix must be 3x3, got shape {m.shape}")
+    if not np.isfinite(m).all():
+        raise ValueError(f"matrix has non-finite entries: {m.tolist()}")
+    return m
+
+
+def _is_affine(m: np.ndarray) -> bool:
+    return bool(np.allclose(m[2], [0.0, 0.0, 1.0], atol=1e-12))
+
+
+def ngff_affine(m: np.ndarray, *, input: str, output: str) -> dict[str, Any] | None:
+    """The NGFF (RFC-5) affine form of an (x, y) matrix: rows/columns in array order (y, x).
+
+    Examples
+    --------
+    >>> ngff_affine(np.array([[1.0, 0, 5], [0, 1, -2], [0, 0, 1]]), input="fixed", output="moving")["affine"]
+    [[1.0, 0.0, -2.0], [0.0, 1.0, 5.0]]
+    """
+    if not _is_affine(m):
+        return None
+    p = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    yx = p @ m @ p
+    return {"type": "affine", "affine": yx[:2].tolist(), "input": input, "output": output}
+
+
+# ------------------------------------------------------------------------------------ transform
+
+
+def write_transform(
+    out: str | Path,
+    pair_id: str,
+    matrix: Any,
+    *,
+    attrs: dict[str, Any],
+    fixed_pixel_size: tuple[float, float] | None = None,
+    moving_pixel_size: tuple[float, float] | None = None,
+) -> None:
+    """Write a pair's matrix and its record to ``OUT/<pair_id>/transform``, atomically.
+
+    Clears the pair's completion marker first and deletes a previous attempt's registered image
+    and QC picture; sets the marker's ``transform`` entry last.
+
+    Parameters
+    ----------
+    out : str or Path
+        The output zarr store (``OUT.zarr``); created when missing.
+    pair_id : str
+        The pair's id (a single path component).
+    matrix : array_like, shape (3, 3)
+        Fixed → moving in full-resolution pixels.
+    attrs : dict
+        The record: ``transform`` (kind), ``parameters``, ``metrics``, ``config``, ``versions``...
+        (e.g. ``RegistrationResult.to_dict()``); numpy values are converted to JSON.
+    fixed_pixel_size, moving_pixel_size : (px, py) in µm, optional
+        When both are given the matrix is also stored in micrometres.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> out = Path(tempfile.mkdtemp()) / "out.zarr"
+    >>> write_transform(out, "p1", np.eye(3), attrs={"transform": "affine"})
+    >>> m, a = read_transform(out, "p1")
+    >>> m.shape, a["transform"], a["units"], pair_is_complete(out, "p1", warp=False)
+    ((3, 3), 'affine', 'pixel', True)
+    """
+    import zarr
+
+    m = _coerce_matrix(matrix)
+    pair_dir = _pair_dir(out, pair_id)
+    root = Path(out)
+    _ensure_groups(root, pair_dir)
+    marker = {"layout": LAYOUT_VERSION, "pair_id": pair_id}
+    _write_marker(pair_dir, marker)  # nothing of this pair is complete from here on
+    sweep_staging(pair_dir, "transform")
+    for stale in ("registered", "registered.ome.tif", "qc.png"):
+        remove_path(pair_dir / stale)
+
+    write_id = new_write_id()
+    record: dict[str, Any] = {
+        "convention": CONVENTION,
+        "transform": "affine" if _is_affine(m) else "homography",
+        "units": "pixel",
+        "parameters": None,
+        "metrics": None,
+        "config": None,
+    }
+    record.update(attrs)
+    record["versions"] = {**_versions(), **(attrs.get("versions") or {})}
+    cts = [ngff_affine(m, input="fixed", output="moving")]
+    if fixed_pixel_size is not None and moving_pixel_size is not None:
+        m_um = matrix_to_physical(m, fixed_pixel_size=fixed_pixel_size, moving_pixel_size=moving_pixel_size)
+        record["fixed_pixel_size_um"] = list(fixed_pixel_size)
+        record["moving_pixel_size_um"] = list(moving_pixel_size)
+        record["matrix_um"] = m_um
+        cts.append(ngff_affine(m_um, input="fixed_um", output="moving_um"))
+    record["coordinateTransformations"] = [c for c in cts if c is not None] or None
+    if record["coordinateTransformations"] is None:
+        record["coordinateTransformations_note"] = "a homography has no NGFF affine form"
+    record["write_id"] = write_id
+    record["written_at"] = datetime.now(timezone.utc).isoformat()
+
+    final = pair_dir / "transform"
+    with staging(final) as tmp:
+        arr = zarr.create_array(
+            store=str(tmp), shape=(3, 3), dtype="float64", chunks=(3, 3), compressors=None,
+            attributes=_json_safe(record), zarr_format=3, dimension_names=["out", "in"],
+        )  # fmt: skip
+        arr[...] = m
+        replace_path(tmp, final)
+    marker["transform"] = {"write_id": write_id}
+    _write_marker(pair_dir, marker)
+
+
+def _transform_ok(pair_dir: Path, marker: dict[str, Any]) -> str | None:
+    entry = marker.get("transform")
+    if not isinstance(entry, dict):
+        return None
+    attrs = _array_attrs(pair_dir / "transform")
+    if attrs is None or attrs.get("write_id") != entry.get("write_id"):
+        return None
+    return str(entry["write_id"])
+
+
+def read_transform(out: str | Path, pair_id: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """The pair's matrix and attributes, as written by :func:`write_transform`.
+
+    Raises
+    ------
+    IncompleteOutputError
+        No complete transform for this pair (never written, or interrupted).
+    """
+    import zarr
+
+    pair_dir = _pair_dir(out, pair_id)
+    if _transform_ok(pair_dir, read_marker(out, pair_id)) is None:
+        raise IncompleteOutputError(f"no complete transform for pair {pair_id!r} in {out}")
+    arr = zarr.open_array(store=str(pair_dir / "transform"), mode="r")
+    return np.asarray(arr[...], dtype=np.float64), dict(arr.attrs)
+
+
+# ------------------------------------------------------------------------------------ registered
+
+
+def write_registered(
+    out: str | Path,
+    pair_id: str,
+    data: da.Array,
+    *,
+    pixel_size: tuple[float, float] | None = None,
+    format: Literal["ome-zarr", "ome-tiff"] = "ome-zarr",
+    labels: bool = False,
+) -> None:
+    """Write the registered slide of a pair (after its transform), atomically.
+
+    ``format="ome-zarr"``: an OME-Zarr 0.5 multiscale at ``OUT/<pair_id>/registered`` (zarr v3,
+    2048-pixel shards of 512-pixel zstd chunks, each shard written by exactly one dask task,
+    pyramid levels built from the written base level). ``format="ome-tiff"``: a pyramidal tiled
+    OME-TIFF at ``OUT/<pair_id>/registered.ome.tif`` (made from a temporary OME-Zarr).
+
+    Computes ``data`` with the active dask scheduler (the current distributed ``Client`` if any).
+
+    Parameters
+    ----------
+    data : dask.array.Array, shape (y, x[, c])
+        Typically :func:`warp`'s output.
+    pixel_size : (px, py) in µm, optional
+        Written as the NGFF scale (the fixed image's pixel size).
+    labels : bool
+        Build pyramid levels by picking pixels instead of averaging (label images, masks).
+
+    Raises
+    ------
+    IncompleteOutputError
+        The pair has no complete transform yet (write it first).
+    """
+    if format not in _REGISTERED_PATHS:
+        raise ValueError(f"format must be 'ome-zarr' or 'ome-tiff', got {format!r}")
+    if not isinstance(data, da.Array):
+        data = da.from_array(np.asarray(data))
+    pair_dir = _pair_dir(out, pair_id)
+    marker = read_marker(out, pair_id)
+    transform_id = _transform_ok(pair_dir, marker)
+    if transform_id is None:
+        raise IncompleteOutputError(f"pair {pair_id!r} in {out} has no complete transform: write it before the image")
+    marker.pop("registered", None)
+    _write_marker(pair_dir, marker)
+    for name in _REGISTERED_PATHS.values():
+        sweep_staging(pair_dir, name)
+
+    write_id = new_write_id()
+    own = {MARKER_KEY: {"write_id": write_id, "transform_write_id": transform_id}}
+    final = pair_dir / _REGISTERED_PATHS[format]
+    entry: dict[str, Any] = {"write_id": write_id, "transform_write_id": transform_id, "format": format, "path": final.name}
+    if format == "ome-zarr":
+        with staging(final) as tmp:
+            write_ome_zarr(tmp, data, name=pair_id, pixel_size=pixel_size, labels=labels, attributes=own)
+            replace_path(tmp, final)
+        remove_path(pair_dir / _REGISTERED_PATHS["ome-tiff"])
+    else:
+        scratch_final = pair_dir / "registered"
+        with staging(scratch_final) as scratch, staging(final) as tmp:
+            write_ome_zarr(scratch, data, name=pair_id, pixel_size=pixel_size, labels=labels, attributes=own)
+            write_ome_tiff(tmp, scratch, pixel_size=pixel_size)
+            replace_path(tmp, final)
+            remove_path(scratch)
+        remove_path(pair_dir / _REGISTERED_PATHS["ome-zarr"])
+        stat = final.stat()
+        entry["stat"] = [stat.st_size, stat.st_mtime_ns]
+    marker["registered"] = entry
+    _write_marker(pair_dir, marker)
+
+
+def pair_is_complete(out: str | Path, pair_id: str, *, warp: bool = True) -> bool:
+    """Whether the pair's outputs are complete (see the module docstring); never raises on absence.
+
+    ``warp=False`` asks for the transform only (``--no-warp`` runs).
+    """
+    pair_dir = _pair_dir(out, pair_id)
+    marker = read_marker(out, pair_id)
+    transform_id = _transform_ok(pair_dir, marker)
+    if transform_id is None:
+        return False
+    if not warp:
+        return True
+    entry = marker.get("registered")
+    if not isinstance(entry, dict) or entry.get("transform_write_id") != transform_id:
+        return False
+    path = pair_dir / str(entry.get("path", ""))
+    if entry.get("format") == "ome-zarr":
+        attrs = _array_attrs(path)
+        own = (attrs or {}).get(MARKER_KEY, {})
+        return isinstance(own, dict) and own.get("write_id") == entry.get("write_id")
+    if entry.get("format") == "ome-tiff":
+        try:
+            stat = path.stat()
+        except OSError:
+            return False
+        return [stat.st_size, stat.st_mtime_ns] == entry.get("stat")
+    return False
