@@ -47,7 +47,13 @@ def finished_queue(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
             else:
                 m = np.eye(3)
             matrices[e.pair_id] = m
-            q.finish(e.pair_id, matrix=m.tolist(), result={"final_mi": 0.5}, seconds=2.0 + i)
+            result: dict = {"final_mi": 0.5}
+            if e.fixed_landmarks:  # what the engine's worker stores (its own call of evaluate_matrix)
+                result["fixed_shape"] = [661, 892]
+                result["landmarks"] = evaluate_matrix(
+                    m, read_landmarks(e.fixed_landmarks), read_landmarks(e.moving_landmarks), fixed_shape=(661, 892)
+                ).to_dict()
+            q.finish(e.pair_id, matrix=m.tolist(), result=result, seconds=2.0 + i)
     return qpath, matrices
 
 
@@ -179,5 +185,8 @@ def test_report_command_uses_the_html_writer(finished_queue, tmp_path: Path) -> 
     parser2 = _Collect()
     parser2.feed(page.read_text())
     assert "CD31-to-He" in parser2.cells
+    with Queue.open(qpath) as q:
+        expected = q.get("Cc10-to-He").result["landmarks"]["rtre_median"]
+    assert f"{expected:.4f}" in parser2.cells  # the landmark figures reach the page
     for src in parser2.imgs:
         assert (out_dir / src).is_file()
