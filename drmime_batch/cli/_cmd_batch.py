@@ -114,6 +114,8 @@ def _run_batch(args: argparse.Namespace, *, queue_path: Path) -> int:
 
     quiet = bool(args.quiet or args.json)
     if getattr(args, "verbose", 0) < 2:  # the scheduler's INFO chatter would bury the console
+        import distributed  # noqa: F401 - importing it sets its logger levels; override them after
+
         logging.getLogger("distributed").setLevel(logging.ERROR)
     console = make_console(stderr=bool(args.json))
     stop = threading.Event()
@@ -127,6 +129,17 @@ def _run_batch(args: argparse.Namespace, *, queue_path: Path) -> int:
         lock = queue.lock()
         if lock.is_held_elsewhere():  # refuse before starting a cluster
             lock.acquire()
+        counts = queue.counts()
+        if counts["pending"] + counts["running"] == 0:  # nothing to do: no cluster to start
+            rows = queue.rows()
+            if not quiet:
+                console.print("nothing to run: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v),
+                              markup=False, highlight=False)
+            if args.json:
+                print(json.dumps([_status_dict(r) for r in rows], indent=2))
+            elif not args.quiet:
+                console.print(summary_table(rows))
+            return 0 if counts["failed"] == 0 else 1
         with _Interrupt(stop), BatchView(console, quiet=quiet) as view:
             if not quiet:
                 view.log("starting the Dask cluster ...", style="dim")

@@ -127,8 +127,13 @@ def register_pair(task: PairTask) -> dict[str, Any]:
     worker, address = _worker_context()
     base = {"pair_id": task.pair_id, "worker": address, "pid": os.getpid(), "attempt": task.attempt}
     _publish(worker, {**base, "event": "start", "time": time.time()})
+    import dask
+
     try:
-        summary = _register(task, worker, base)
+        # any dask array computed here (reading a level, a QC overlay) stays on this thread: a task
+        # waiting on chunk tasks of its own cluster can deadlock single-threaded workers
+        with dask.config.set(scheduler="synchronous"):
+            summary = _register(task, worker, base)
     except _Failure as exc:
         return {**base, "ok": False, "error": str(exc), "seconds": time.perf_counter() - t0}
     return {**base, **summary, "ok": True, "seconds": time.perf_counter() - t0}
