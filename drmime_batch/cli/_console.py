@@ -230,6 +230,8 @@ class BatchView:
             r.stage = "warping"
             if event.row is not None:
                 r.device = event.row.device or r.device
+        if not self.live_mode:
+            self.log(f"warp     {event.pair_id}")
 
     def _advance(self, pair_id: str | None) -> None:
         self.running.pop(pair_id or "", None)

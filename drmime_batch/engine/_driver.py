@@ -123,10 +123,8 @@ def _warp_pair(row: PairRow, matrix: Any) -> None:
     import dask
     import numpy as np
 
-    from drmime_batch.engine._io_fallback import io_api
+    from drmime_batch.io import open_image, warp, write_registered
 
-    io = io_api()
-    open_image, warp, write_registered = io.open_image, io.warp, io.write_registered
     fixed_img = open_image(row.fixed)
     moving_img = open_image(row.moving)
     # chunk tasks of a warp go before registrations still queued, so finished pairs complete first
@@ -253,9 +251,8 @@ class _Driver:
                                iteration=msg.get("iteration"), value=msg.get("value")))
 
     def _finish(self, pair_id: str, result: dict[str, Any], seconds: float) -> None:
-        from drmime_batch.engine._io_fallback import io_api
+        from drmime_batch.io import pair_is_complete
 
-        pair_is_complete = io_api().pair_is_complete
         row = self._row(pair_id)
         if not pair_is_complete(row.out, pair_id, warp=self.opt.warp):
             self._fail(pair_id, f"outputs of {pair_id} in {row.out} are incomplete after the run", result)

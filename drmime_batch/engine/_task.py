@@ -142,10 +142,7 @@ def register_pair(task: PairTask) -> dict[str, Any]:
 def _register(task: PairTask, worker: Any, base: dict[str, Any]) -> dict[str, Any]:
     from drmime_batch import register
     from drmime_batch.core._convention import matrix_from_level
-    from drmime_batch.engine._io_fallback import io_api
-
-    io = io_api()
-    open_image, write_qc, write_transform = io.open_image, io.write_qc, io.write_transform
+    from drmime_batch.io import open_image, write_qc, write_transform
 
     options = dict(task.options)
     max_size = int(options.get("max_size") or _DEFAULT_MAX_SIZE)
@@ -199,7 +196,8 @@ def _register(task: PairTask, worker: Any, base: dict[str, Any]) -> dict[str, An
         **levels,
     }
     _step(f"writing the transform of {task.pair_id} to {task.out}",
-          lambda: write_transform(task.out, task.pair_id, matrix, attrs=attrs))
+          lambda: write_transform(task.out, task.pair_id, matrix, attrs=attrs,
+                                  fixed_pixel_size=fixed_img.pixel_size, moving_pixel_size=moving_img.pixel_size))
     qc = _step(f"writing the QC picture of {task.pair_id} to {task.out}",
                lambda: write_qc(task.out, task.pair_id, fixed_img, moving_img, matrix))
     summary: dict[str, Any] = {

@@ -18,7 +18,7 @@ HE = EXAMPLE / "images" / "29-041-Izd2-w35-He-les3.jpg"
 SHIFT = (7.0, -4.0)
 #: fast registration options for tests
 FAST = ["--transform", "translation", "--max-iterations", "40", "--option", "min_iterations=20",
-        "--option", "init=moments", "--max-size", "160"]
+        "--option", "init=moments", "--max-size", "200"]
 
 
 def make_pairs(folder: Path, n_good: int = 2, *, bad: bool = False) -> Path:
@@ -67,6 +67,14 @@ def spawn(*args: Any) -> subprocess.Popen[str]:
 def status(queue: Path) -> dict[str, dict[str, Any]]:
     """``status --json`` as a dict by pair id."""
     return {row["pair_id"]: row for row in json.loads(cli("status", "--queue", queue, "--json").stdout)}
+
+
+def peek(queue: Path) -> dict[str, Any]:
+    """The queue's rows by pair id, read in-process (cheap enough to poll)."""
+    from drmime_batch.queue import Queue
+
+    with Queue.open(queue) as q:
+        return {r.pair_id: r for r in q.rows()}
 
 
 def wait_for(predicate: Any, timeout: float, what: str, every: float = 0.2) -> Any:

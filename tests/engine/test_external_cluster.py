@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from _batch_data import FAST, cli, make_pairs, spawn, status, wait_for
+from _batch_data import FAST, cli, make_pairs, peek, spawn, status, wait_for
 
 distributed = pytest.importorskip("distributed")
 
@@ -88,16 +88,16 @@ def test_scheduler_file_and_gpu_routing(cluster, tmp_path):
 def test_worker_sigkill_mid_pair_is_retried(cluster, tmp_path):
     manifest = make_pairs(tmp_path / "data", n_good=1)
     queue = tmp_path / "q.sqlite"
-    slow = ["--transform", "translation", "--max-iterations", "600", "--option", "min_iterations=600",
-            "--option", "init=moments", "--max-size", "160"]
+    slow = ["--transform", "translation", "--max-iterations", "300", "--option", "min_iterations=300",
+            "--option", "init=moments", "--max-size", "200"]
     cli("submit", manifest, "--queue", queue, "--out", tmp_path / "out.zarr", *slow)
     driver = spawn("run", "--queue", queue, "--scheduler-file", cluster["file"], "--no-warp")
     try:
-        row = wait_for(lambda: (r := status(queue)["good0"])["state"] == "running" and r["worker"] and r,
+        row = wait_for(lambda: (r := peek(queue)["good0"]).state == "running" and r.worker and r,
                        90, "the pair to start on a worker")
-        victim = _workers(cluster["file"])[row["worker"]]["pid"]
+        victim = _workers(cluster["file"])[row.worker]["pid"]
         time.sleep(1.0)
-        assert status(queue)["good0"]["state"] == "running"  # still mid-pair
+        assert peek(queue)["good0"].state == "running"  # still mid-pair
         os.kill(victim, signal.SIGKILL)
         out, _ = driver.communicate(timeout=180)
     finally:
