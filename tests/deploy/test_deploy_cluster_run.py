@@ -16,7 +16,7 @@ from _deploy_support import cli, hpc_style_cluster, scheduler_address, tls_args,
 
 pytestmark = pytest.mark.timeout(180)
 
-SMALL = ["--max-iterations", "15", "--max-size", "128", "--levels", "2", "--points", "512"]
+SMALL = ["--max-iterations", "10", "--max-size", "128", "--levels", "1", "--points", "256", "--init", "moments"]
 
 
 def _submit(work: Path, manifest: Path) -> Path:
@@ -34,15 +34,22 @@ def _status(work: Path, queue: Path) -> list[dict]:
 
 
 def test_scheduler_file_batch_on_two_gpu_workers(tmp_path, tiny_manifest):
+    from distributed import Client
+
     queue = _submit(tmp_path, tiny_manifest)
     with hpc_style_cluster(tmp_path) as scheduler_file:
+        with Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+            workers = client.scheduler_info()["workers"]
         res = cli("run", "--queue", str(queue), "--scheduler-file", str(scheduler_file),
                   "--no-warp", "--quiet", cwd=tmp_path)
         assert res.returncode == 0, res.stdout + res.stderr
+    assert sorted(w["name"] for w in workers.values()) == ["gpu-worker-0", "gpu-worker-1"]
+    assert all(w["resources"] == {"GPU": 1} for w in workers.values())
     rows = _status(tmp_path, queue)
     assert {r["pair_id"]: r["state"] for r in rows} == {"CD31-to-He": "done", "Ki67-to-He": "done"}
     # the pairs ran on the separately started workers, not in a cluster made by `run`
-    assert {r["worker"] for r in rows} <= {"gpu-worker-0", "gpu-worker-1"}, rows
+    assert {r["worker"] for r in rows} <= set(workers), rows
     for pair in ("CD31-to-He", "Ki67-to-He"):
         assert (tmp_path / "out.zarr" / pair / "transform").is_dir()
 

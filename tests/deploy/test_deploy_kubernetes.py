@@ -231,3 +231,15 @@ def test_dockerfile_has_no_secrets_and_no_add_from_urls():
         if instr == "ENV":
             for word in shlex.split(arg):
                 assert not re.match(r"(?i)(AWS_|GOOGLE_|AZURE_)", word), word
+
+
+def test_readme_covers_every_deployment_route():
+    text = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    for needle in (
+        "## SLURM", "## PBS", "## Kubernetes", "Dask Gateway", "--scheduler ", "--scheduler-file",
+        "s3://", "gs://", "## TLS", "## Resuming", "cluster-script", "--min-jobs", "--max-jobs",
+        "Shared storage",
+    ):
+        assert needle in text, needle
+    for path in re.findall(r"`((?:hpc|kubernetes)/[\w.-]+)`", text):
+        assert (DEPLOY / path).is_file(), path
