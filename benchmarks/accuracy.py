@@ -417,7 +417,9 @@ def machine() -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("dataset", nargs="?", type=Path, default=DEFAULT_DATASET,
                    help="folder with an ANHIR cover table pairs.csv (default: the bundled lung-lesion-3)")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),

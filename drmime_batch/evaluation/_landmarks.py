@@ -66,8 +66,10 @@ def read_landmarks(path: PathLikeStr) -> np.ndarray:
            [ 3. ,  4. ]])
     """
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise LandmarkError(f"landmark file {p} does not exist (expected an ANHIR CSV with header ',X,Y')")
+    if not p.is_file():
+        raise LandmarkError(f"landmark file {p} is not a file (expected an ANHIR CSV with header ',X,Y')")
     try:
         text = p.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:

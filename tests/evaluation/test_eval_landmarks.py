@@ -40,6 +40,8 @@ def test_missing_file_names_it(tmp_path: Path) -> None:
     missing = tmp_path / "nope.csv"
     with pytest.raises(LandmarkError, match=r"nope\.csv does not exist"):
         read_landmarks(missing)
+    with pytest.raises(LandmarkError, match=r"landmark file .* is not a file"):
+        read_landmarks(tmp_path)
 
 
 @pytest.mark.parametrize(
