@@ -8,6 +8,7 @@ lines and never draws a live display.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +30,10 @@ _STATE_STYLE = {"done": "green", "failed": "red", "running": "cyan", "pending": 
 
 def make_console(*, stderr: bool = False, file: TextIO | None = None) -> Console:
     """A rich console; plain text (no colour codes, no cursor moves) when not on a terminal."""
-    return Console(file=file or (sys.stderr if stderr else sys.stdout), highlight=False, soft_wrap=False)
+    console = Console(file=file or (sys.stderr if stderr else sys.stdout), highlight=False, soft_wrap=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 160  # logs and CI: room for the summary table, no folding at 80 columns
+    return console
 
 
 def pair_figures(row: PairRow) -> dict[str, Any]:

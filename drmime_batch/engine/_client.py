@@ -75,6 +75,7 @@ def open_client(
     cluster_config: str | Path | None = None,
     min_jobs: int = 0,
     max_jobs: int = 4,
+    resources: dict[str, float] | None = None,
 ) -> Iterator[Client]:
     """Open a Dask client for a batch and close it (and any cluster made here) on exit.
 
@@ -93,6 +94,8 @@ def open_client(
         YAML of the HPC/Kubernetes cluster and its TLS settings; TLS is applied when attaching.
     min_jobs, max_jobs : int
         Adaptive bounds of HPC/Kubernetes clusters.
+    resources : dict, optional
+        Resources each LocalCluster worker advertises (``{"GPU": 1}`` for ``--device cuda``).
 
     Yields
     ------
@@ -147,6 +150,7 @@ def open_client(
                     processes=True,
                     dashboard_address=None,
                     silence_logs=logging.ERROR,
+                    **({"resources": dict(resources)} if resources else {}),
                 )
             )
             client = Client(made)

@@ -343,6 +343,14 @@ class _Driver:
             self.emit(RunEvent("log", message=f"{len(recovered)} pair(s) left running by a stopped driver "
                                               f"go back to pending: {', '.join(recovered)}"))
         self.emit(RunEvent("begin", counts=self.q.counts()))
+        if self.opt.device == "cuda" or any(r.options.get("device") == "cuda" for r in self.q.rows(states=["pending"])):
+            try:
+                workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+            except Exception:  # noqa: BLE001 - a warning only
+                workers = {}
+            if not any((w.get("resources") or {}).get("GPU") for w in workers.values()):
+                self.emit(RunEvent("log", message="no worker advertises the resource GPU (dask worker --resources "
+                                                  "GPU=1): cuda pairs wait until one joins"))
         try:
             self.client.subscribe_topic(PROGRESS_TOPIC, self._on_topic)
         except Exception:  # noqa: BLE001 - live MI is optional
