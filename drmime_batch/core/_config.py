@@ -1,0 +1,118 @@
+"""The registration configuration: one frozen dataclass, defaults that work on real slides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from drmime_batch.core._bases import TRANSFORMS
+
+__all__ = ["METRIC_NAMES", "RegistrationConfig"]
+
+METRIC_NAMES = ("mine", "mse", "ncc", "mi")
+
+
+@dataclass(frozen=True)
+class RegistrationConfig:
+    """Every setting of one registration. A user should never need to touch the learning rates.
+
+    Parameters
+    ----------
+    transform : {"translation", "rigid", "similarity", "affine", "homography"}
+        The transform family (its sub-basis of the matrix exponential).
+    metric : {"mine", "mse", "ncc", "mi"}
+        ``"mine"`` is DRMIME's MINE estimate of mutual information; the others are baselines
+        (mean squared error, normalised cross-correlation, Parzen-histogram MI) in the same optimiser.
+    device : str
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    seed : int
+        Seeds sampling, the network and the shuffles; runs on the CPU are deterministic.
+    max_size : int
+        Longer side (pixels) of the finest pyramid level; larger inputs are shrunk first.
+    levels : int
+        Pyramid levels optimised jointly (fewer when the image is small).
+    points : int
+        Fixed-image points sampled afresh per level and iteration (the cost per iteration).
+    fine_points : int
+        Points for the finest level (its values are noisier, it gets more).
+    max_iterations, min_iterations : int
+        Bounds on the gradient-descent iterations of the transform.
+    warmup : int
+        Iterations that train only the statistics network before the transform moves (``mine``).
+    patience : int
+        Iterations without improvement of the smoothed similarity before the learning rate drops.
+    lr_decays : int
+        Learning-rate drops (by ``lr_factor``) before stopping: the plateau rule.
+    lr_transform, lr_mine, lr_fine : float
+        Adam learning rates of the shared transform parameters, of the statistics network and of
+        the finest level's correction (0 disables the correction).
+    hidden : int
+        Width of the statistics network.
+    init : {"search", "moments", "none"}
+        Coarse initialisation: rotation (and flip) search after centre-of-mass alignment,
+        centre-of-mass alignment only, or the identity.
+    init_angles : int
+        Rotations tried by the search (evenly spaced over 360 degrees).
+    init_flip : bool
+        Also try the mirrored moving image (sections mounted upside down).
+    sampling : {"edges", "uniform"}
+        Where fixed points are drawn: weighted towards tissue edges, or uniformly.
+    threads : int or None
+        Torch CPU threads (None leaves torch's default).
+    """
+
+    transform: str = "affine"
+    metric: str = "mine"
+    device: str = "auto"
+    seed: int = 0
+    max_size: int = 1024
+    levels: int = 4
+    points: int = 2048
+    fine_points: int = 4096
+    max_iterations: int = 600
+    warmup: int = 40
+    min_iterations: int = 150
+    patience: int = 40
+    lr_decays: int = 3
+    lr_factor: float = 0.3
+    lr_transform: float = 5e-3
+    lr_mine: float = 2e-3
+    lr_fine: float = 5e-4
+    hidden: int = 64
+    init: str = "search"
+    init_angles: int = 36
+    init_flip: bool = True
+    sampling: str = "edges"
+    threads: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"transform must be one of {sorted(TRANSFORMS)}, got {self.transform!r}")
+        if self.metric not in METRIC_NAMES:
+            raise ValueError(f"metric must be one of {list(METRIC_NAMES)}, got {self.metric!r}")
+        if self.init not in ("search", "moments", "none"):
+            raise ValueError(f"init must be 'search', 'moments' or 'none', got {self.init!r}")
+        if self.sampling not in ("edges", "uniform"):
+            raise ValueError(f"sampling must be 'edges' or 'uniform', got {self.sampling!r}")
+        for name in ("max_size", "levels", "points", "fine_points", "max_iterations", "hidden", "init_angles"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.min_iterations > self.max_iterations:
+            object.__setattr__(self, "min_iterations", self.max_iterations)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict of every field."""
+        out = dataclasses.asdict(self)
+        out["extra"] = dict(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RegistrationConfig:
+        """Build from a dict; unknown keys are refused with their names."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise TypeError(f"unknown registration option(s) {unknown}; known: {sorted(names)}")
+        return cls(**dict(data))

@@ -1,0 +1,282 @@
+"""The DRMIME optimisation loop: all pyramid levels at once, fresh random points every iteration.
+
+Per iteration and level, fixed-image points are drawn afresh (weighted towards structure), mapped
+through the current transform, and only the points that land inside the moving image are kept
+(no zero padding, which would reward pushing tissue off the image). The fixed values and the
+moving values at those points (bilinear, ``align_corners=False``) feed one shared MINE network;
+the loss is minus the mean of the per-level Donsker–Varadhan bounds. The cost of an iteration
+depends on the number of points, never on the image size.
+
+The transform is ``M0 @ exp(sum theta_i B_i)`` on every level, and ``M0 @ exp(sum (theta_i +
+delta_i) B_i)`` on the finest one (DRMIME's fine-level correction); ``M0`` comes from the coarse
+initialisation. Adam drives the transform and the network with separate learning rates; when the
+smoothed similarity stops improving for ``patience`` iterations the learning rates drop, and after
+``lr_decays`` drops the loop stops (or at ``max_iterations``). The returned parameters are an
+exponential moving average of the last iterates, which removes the jitter of stochastic sampling.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from drmime_batch.core._bases import basis, exp_transform
+from drmime_batch.core._config import RegistrationConfig
+from drmime_batch.core._convention import level_to_full_matrix, normalised_frame_matrix
+from drmime_batch.core._init import search_initialisation
+from drmime_batch.core._metrics import METRICS
+from drmime_batch.core._mine import StatisticsNetwork
+from drmime_batch.core._pyramid import gaussian_pyramid, sampling_weights
+from drmime_batch.errors import RegistrationDivergedError
+
+__all__ = ["OptimisationOutcome", "optimise", "resolve_device"]
+
+ProgressCallback = Callable[[int, float], None]
+
+_POOL = 1 << 18  # candidate sample points per level, drawn once by weight
+_INIT_SIZE = 128  # longer side of the image the initialisation search runs on
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; other names pass through torch."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here")
+    return dev
+
+
+class OptimisationOutcome:
+    """Plain container for what :func:`optimise` found (the API wraps it into a result record)."""
+
+    def __init__(self, **kw: object) -> None:
+        self.__dict__.update(kw)
+
+
+def _t(m: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(m, dtype=np.float64), device=device)
+
+
+def _grid_matrix(shape: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """Pixel coordinates of a level → grid_sample coordinates (align_corners=False)."""
+    h, w = shape
+    return _t([[2.0 / w, 0.0, 1.0 / w - 1.0], [0.0, 2.0 / h, 1.0 / h - 1.0], [0, 0, 1.0]], device)
+
+
+def _downsample(shape_full: tuple[int, int], shape_level: tuple[int, int]) -> tuple[float, float]:
+    return shape_full[1] / shape_level[1], shape_full[0] / shape_level[0]
+
+
+def _sample_values(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Bilinear values of ``image`` (C, H, W) at grid coordinates (N, 2) → (N, C)."""
+    out = F.grid_sample(image.unsqueeze(0), grid.view(1, 1, -1, 2), mode="bilinear", align_corners=False)
+    return out.view(image.shape[0], -1).T
+
+
+def optimise(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    config: RegistrationConfig,
+    *,
+    callback: ProgressCallback | None = None,
+    trace: list | None = None,
+) -> OptimisationOutcome:
+    """Register ``moving`` to ``fixed``: both (C, H, W) float tensors with values in [0, 1].
+
+    Returns the fixed → moving matrix in the pixel coordinates of these tensors, with the
+    parameters, per-level scores, history and timings. Raises
+    :class:`~drmime_batch.errors.RegistrationDivergedError` on a non-finite or degenerate result.
+    """
+    t0 = time.perf_counter()
+    device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(int(config.threads))
+    torch.manual_seed(config.seed)
+    gen = torch.Generator(device="cpu").manual_seed(config.seed)
+    fixed = fixed.to(device=device, dtype=torch.float32)
+    moving = moving.to(device=device, dtype=torch.float32)
+    if config.metric in ("mse", "ncc") and fixed.shape[0] != moving.shape[0]:
+        fixed, moving = fixed.mean(0, keepdim=True), moving.mean(0, keepdim=True)
+
+    full_f = tuple(fixed.shape[1:])
+    full_m = tuple(moving.shape[1:])
+    scale = 0.5 * max(*full_f, *full_m)
+    frame_f = _t(normalised_frame_matrix(full_f, scale), device)
+    frame_m = _t(normalised_frame_matrix(full_m, scale), device)
+    pyr_f = gaussian_pyramid(fixed, config.levels, min_size=8)
+    pyr_m = gaussian_pyramid(moving, config.levels, min_size=8)
+    n_levels = min(len(pyr_f), len(pyr_m))
+    pyr_f, pyr_m = pyr_f[:n_levels], pyr_m[:n_levels]
+
+    # Per level: fixed level pixels -> frame, and frame -> moving level grid coordinates.
+    f_to_frame, frame_to_grid = [], []
+    for lf, lm in zip(pyr_f, pyr_m):
+        f_to_frame.append(frame_f @ _t(level_to_full_matrix(_downsample(full_f, lf.shape[1:])), device))
+        m_to_full = _t(level_to_full_matrix(_downsample(full_m, lm.shape[1:])), device)
+        frame_to_grid.append(
+            _grid_matrix(tuple(lm.shape[1:]), device) @ torch.linalg.inv(m_to_full) @ torch.linalg.inv(frame_m)
+        )
+
+    # Coarse initialisation on small copies of the finest level.
+    def shrink(img: torch.Tensor) -> torch.Tensor:
+        factor = _INIT_SIZE / max(img.shape[1:])
+        if factor >= 1:
+            return img
+        size = [max(8, round(s * factor)) for s in img.shape[1:]]
+        return F.interpolate(img.unsqueeze(0), size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+
+    small_f, small_m = shrink(fixed), shrink(moving)
+    init = search_initialisation(
+        small_f,
+        small_m,
+        fixed_to_frame=frame_f @ _t(level_to_full_matrix(_downsample(full_f, small_f.shape[1:])), device),
+        moving_to_frame=frame_m @ _t(level_to_full_matrix(_downsample(full_m, small_m.shape[1:])), device),
+        angles=config.init_angles,
+        flip=config.init_flip,
+        rotate=config.init == "search",
+    )
+    m0 = init.matrix if config.init != "none" else torch.eye(3, dtype=torch.float64, device=device)
+    t_init = time.perf_counter() - t0
+
+    # Sampling pools: indices drawn once by weight; each iteration picks uniformly among them.
+    pools = []
+    for lf in pyr_f:
+        w = sampling_weights(lf, mode=config.sampling).flatten().double().cpu()
+        pools.append(torch.multinomial(w, _POOL, replacement=True, generator=gen).to(device))
+
+    bases = basis(config.transform, dtype=torch.float64, device=device)
+    k = bases.shape[0]
+    theta = torch.zeros(k, dtype=torch.float64, device=device, requires_grad=True)
+    delta = torch.zeros(k, dtype=torch.float64, device=device, requires_grad=True)
+    channels = pyr_f[0].shape[0] + pyr_m[0].shape[0]
+    net = StatisticsNetwork(channels, hidden=config.hidden).to(device)
+    groups = [{"params": [theta], "lr": config.lr_transform}]
+    if config.lr_fine > 0:
+        groups.append({"params": [delta], "lr": config.lr_fine})
+    if config.metric == "mine":
+        groups.append({"params": list(net.parameters()), "lr": config.lr_mine})
+    opt = torch.optim.Adam(groups)
+    metric_fn = METRICS.get(config.metric)
+
+    n_points = [config.fine_points] + [config.points] * (n_levels - 1)
+    ema: float | None = None
+    level_ema = [0.0] * n_levels
+    best = -math.inf
+    since_best = 0
+    decays = 0
+    history: list[float] = []
+    avg_theta = torch.zeros(2 * k, dtype=torch.float64, device=device)
+    iteration = 0
+    warmup = config.warmup if config.metric == "mine" else 0
+    for iteration in range(1, config.max_iterations + warmup + 1):
+        shared = m0 @ exp_transform(theta, bases)
+        fine = m0 @ exp_transform(theta + delta, bases)
+        xs, ys, sizes = [], [], []
+        for lvl in range(n_levels):
+            lf, lm = pyr_f[lvl], pyr_m[lvl]
+            h, w = lf.shape[1:]
+            pick = pools[lvl][torch.randint(_POOL, (n_points[lvl],), generator=gen).to(device)]
+            jitter = torch.rand(n_points[lvl], 2, generator=gen).to(device=device, dtype=torch.float64) - 0.5
+            px = torch.stack([(pick % w).double(), (pick // w).double()], 1) + jitter
+            hom = torch.cat([px, torch.ones_like(px[:, :1])], 1)
+            mapping = frame_to_grid[lvl] @ (fine if lvl == 0 else shared) @ f_to_frame[lvl]
+            mapped = hom @ mapping.T
+            grid_m = mapped[:, :2] / mapped[:, 2:3]
+            inside = (grid_m.abs() <= 1.0).all(1)
+            if int(inside.sum()) < 16:
+                raise RegistrationDivergedError(
+                    f"the transform moved the fixed image off the moving image at level {lvl} "
+                    f"(iteration {iteration}); try another init or transform"
+                )
+            grid_f = (px[inside] + 0.5) / torch.tensor([w, h], dtype=torch.float64, device=device) * 2 - 1
+            xs.append(_sample_values(lf, grid_f.float()))
+            ys.append(_sample_values(lm, grid_m[inside].float()))
+            sizes.append(xs[-1].shape[0])
+
+        if config.metric == "mine":
+            x_all = torch.cat(xs)
+            y_all = torch.cat(ys)
+            offsets = np.cumsum([0] + sizes)
+            perm = torch.cat(
+                [torch.randperm(n, generator=gen) + int(o) for n, o in zip(sizes, offsets[:-1])]
+            ).to(device)
+            scores = net(torch.cat([x_all, x_all]), torch.cat([y_all, y_all[perm]]))
+            joint, marginal = scores[: len(x_all)], scores[len(x_all) :]
+            values = [
+                joint[a:b].mean() - (torch.logsumexp(marginal[a:b], 0) - math.log(b - a))
+                for a, b in zip(offsets[:-1], offsets[1:])
+            ]
+        else:
+            assert metric_fn is not None
+            values = [metric_fn(x, y) for x, y in zip(xs, ys)]
+        similarity = torch.stack(values).mean()
+        if not torch.isfinite(similarity):
+            raise RegistrationDivergedError(f"the similarity became non-finite at iteration {iteration}")
+        opt.zero_grad(set_to_none=True)
+        (-similarity).backward()
+        if iteration <= warmup:
+            # The untrained network's gradient is noise: let it learn before the transform moves.
+            theta.grad = None
+            delta.grad = None
+        opt.step()
+
+        value = float(similarity.detach())
+        ema = value if ema is None else 0.9 * ema + 0.1 * value
+        for lvl, v in enumerate(values):
+            level_ema[lvl] = float(v.detach()) if iteration == 1 else 0.9 * level_ema[lvl] + 0.1 * float(v.detach())
+        # A moving average of the iterates removes the jitter of stochastic sampling.
+        with torch.no_grad():
+            current = torch.cat([theta, delta]).detach()
+            avg_theta = current.clone() if iteration == 1 else 0.97 * avg_theta + 0.03 * current
+        if iteration % 10 == 0:
+            history.append(ema)
+            if trace is not None:
+                with torch.no_grad():
+                    fm = m0 @ exp_transform(avg_theta[:k] + avg_theta[k:], bases)
+                    trace.append((iteration, ema, (torch.linalg.inv(frame_m) @ fm @ frame_f).cpu().numpy()))
+            if callback is not None:
+                callback(iteration, ema)
+        if ema > best + 1e-3 * max(1.0, abs(best) if math.isfinite(best) else 1.0):
+            best, since_best = ema, 0
+        else:
+            since_best += 1
+        if since_best >= config.patience and iteration >= config.min_iterations + warmup:
+            if decays >= config.lr_decays:
+                break
+            decays += 1
+            since_best = 0
+            best = ema
+            for group in opt.param_groups:
+                group["lr"] *= config.lr_factor
+
+    with torch.no_grad():
+        params = avg_theta
+        frame_matrix = m0 @ exp_transform(params[:k] + params[k:], bases)
+        matrix = torch.linalg.inv(frame_m) @ frame_matrix @ frame_f
+    m = matrix.cpu().numpy()
+    if not np.all(np.isfinite(m)):
+        raise RegistrationDivergedError("the registration produced a non-finite matrix")
+    det = abs(np.linalg.det(m[:2, :2]))
+    if not 0.02 < det < 50:
+        raise RegistrationDivergedError(
+            f"the registration collapsed (area scale {det:.3g} between the images); "
+            "the images may not overlap or may not show the same tissue"
+        )
+    t_total = time.perf_counter() - t0
+    return OptimisationOutcome(
+        matrix=m,
+        parameters=params.cpu().tolist(),
+        level_scores=level_ema,
+        history=history,
+        iterations=iteration,
+        init=init.to_dict() | {"method": config.init},
+        timings={"init_s": t_init, "optimise_s": t_total - t_init, "total_s": t_total},
+        device=str(device),
+        levels=n_levels,
+    )
