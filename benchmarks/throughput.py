@@ -63,6 +63,15 @@ def loop_baseline(pairs: list[tuple[str, Path, Path]], options: dict) -> float:
     return time.perf_counter() - t0
 
 
+def _warm_up(fixed: str, moving: str, options: dict) -> None:
+    """On each worker: one tiny registration (imports, allocator), like the loop's warm-up call."""
+    from drmime_batch.engine import PairTask, register_pair
+
+    with tempfile.TemporaryDirectory() as d:
+        register_pair(PairTask("warm-up", fixed, moving, out=str(Path(d) / "w.zarr"),
+                               options={**options, "max_iterations": 2, "min_iterations": 1}))
+
+
 def engine_run(pairs: list[tuple[str, Path, Path]], options: dict, workers: int, tmp: Path) -> tuple[float, float]:
     from drmime_batch.engine import RunOptions, open_client, run_queue
     from drmime_batch.queue import ManifestEntry, Queue
@@ -73,7 +82,7 @@ def engine_run(pairs: list[tuple[str, Path, Path]], options: dict, workers: int,
               options=options)
         t0 = time.perf_counter()
         with open_client(workers=workers, threads_per_worker=1) as client:
-            client.run(lambda: __import__("drmime_batch._api"))  # warm workers (torch import)
+            client.run(_warm_up, str(pairs[0][1]), str(pairs[0][2]), options)  # as the loop's warm-up
             startup = time.perf_counter() - t0
             t1 = time.perf_counter()
             summary = run_queue(q, client, options=RunOptions(warp=False))
