@@ -117,7 +117,8 @@ def test_pyproject_core_metadata(pyproject: dict[str, Any], declared: dict[str, 
     project = pyproject["project"]
     assert project["requires-python"] == ">=3.11"
     runtime = declared["runtime"]
-    for dist in ("dask", "distributed", "torch", "zarr", "tifffile", "xarray", "rich", "numba", "pillow", "imagecodecs"):
+    required = ("dask", "distributed", "torch", "zarr", "tifffile", "xarray", "rich", "numba", "pillow", "imagecodecs")
+    for dist in required:
         assert dist in runtime, f"{dist} missing from [project].dependencies"
     assert runtime["zarr"].startswith(">=3"), f"zarr must be >= 3, got {runtime['zarr']!r}"
     assert runtime["numba"] == ">=0.60"
@@ -368,7 +369,8 @@ def test_readme_shows_the_test_command(pixi: dict[str, Any]) -> None:
 
 
 def _script_lines() -> list[str]:
-    return [ln.strip() for ln in CI_RUN.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    lines = (ln.strip() for ln in CI_RUN.read_text(encoding="utf-8").splitlines())
+    return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
 def test_ci_run_is_strict_bash_and_executable() -> None:
