@@ -321,7 +321,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                      help="override the submitted device; cuda routes pairs to workers with resources GPU=1")
     how.add_argument("--no-warp", action="store_true", help="write transforms only, not the registered images")
     how.add_argument("--max-attempts", type=int, default=3, help="attempts per pair when workers die (default 3)")
-    how.add_argument("--max-in-flight", type=int, help="registrations submitted at once (default: 2x threads)")
+    how.add_argument("--max-in-flight", type=int, help="pairs in flight at once (default: the cluster's threads; 2x with --no-warp)")
     out = p.add_argument_group("output")
     out.add_argument("--quiet", action="store_true", help="no live view, no progress lines")
     out.add_argument("--json", action="store_true", help="print the final queue as JSON (like status --json)")

@@ -46,8 +46,8 @@ class RunOptions:
     warp : bool
         Also write ``<out>/<pair_id>/registered`` (the warped moving image, OME-Zarr).
     max_in_flight : int or None
-        Registration futures submitted at once (default: twice the cluster's total threads, at
-        least 2).
+        Pairs in flight at once, registering or warping (default: the cluster's total threads;
+        twice that with ``warp=False``, so the scheduler always has the next pair at hand).
     max_attempts : int
         Attempts per pair when workers die under it; then the pair is ``failed``.
     warp_threads : int
@@ -165,7 +165,7 @@ class _Driver:
         self.done: list[str] = []
         self.failed: list[str] = []
         self.requeued: list[str] = []
-        self.worker_retries: dict[str, int] = {}
+        self._threads = (0, -1e9)  # (total worker threads, when asked)
 
     # -------------------------------------------------------------- helpers
     def _row(self, pair_id: str) -> PairRow:
@@ -174,7 +174,13 @@ class _Driver:
     def _capacity(self) -> int:
         if self.opt.max_in_flight:
             return self.opt.max_in_flight
-        return max(2, 2 * _total_threads(self.client))
+        now = time.monotonic()
+        if now - self._threads[1] > 2.0:  # workers come and go (adaptive clusters): ask now and then
+            self._threads = (_total_threads(self.client), now)
+        threads = self._threads[0]
+        # with warps, keep no registration queued at the scheduler: a freed thread then takes the
+        # (higher-priority) warp chunks of the pair that just finished instead of a new pair
+        return threads if self.opt.warp else 2 * threads
 
     def _submit(self, row: PairRow) -> None:
         if not self.q.claim(row.pair_id):
@@ -207,7 +213,7 @@ class _Driver:
         self.emit(RunEvent("submitted", pair_id=row.pair_id, row=row))
 
     def _refill(self) -> None:
-        room = self._capacity() - len(self.inflight)
+        room = self._capacity() - len(self.inflight) - len(self.warps)
         if room <= 0 or self.stop.is_set():
             return
         busy = {pid for pid, _ in self.inflight.values()} | {pid for pid, _, _ in self.warps.values()}
