@@ -14,9 +14,9 @@ import sys
 import threading
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from drmime_batch.errors import ManifestError, QueueError
+from drmime_batch.errors import ManifestError
 
 __all__ = ["add_commands"]
 
