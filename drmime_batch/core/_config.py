@@ -49,6 +49,8 @@ class RegistrationConfig:
         the finest level's correction (0 disables the correction).
     hidden : int
         Width of the statistics network.
+    mine_ema : float
+        Rate of the moving average in MINE's bias-corrected gradient (0: plain DV gradient).
     init : {"search", "moments", "none"}
         Coarse initialisation: rotation (and flip) search after centre-of-mass alignment,
         centre-of-mass alignment only, or the identity.
@@ -67,23 +69,24 @@ class RegistrationConfig:
     device: str = "auto"
     seed: int = 0
     max_size: int = 1024
-    levels: int = 4
-    points: int = 2048
-    fine_points: int = 4096
+    levels: int = 6
+    points: int = 3000
+    fine_points: int = 3000
     max_iterations: int = 600
     warmup: int = 40
     min_iterations: int = 150
     patience: int = 40
     lr_decays: int = 3
     lr_factor: float = 0.3
-    lr_transform: float = 5e-3
-    lr_mine: float = 2e-3
-    lr_fine: float = 5e-4
-    hidden: int = 64
+    lr_transform: float = 2e-3
+    lr_mine: float = 5e-3
+    lr_fine: float = 0.0
+    hidden: int = 32
+    mine_ema: float = 0.01
     init: str = "search"
     init_angles: int = 36
     init_flip: bool = True
-    sampling: str = "edges"
+    sampling: str = "uniform"
     threads: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 

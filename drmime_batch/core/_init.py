@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,58 +62,36 @@ def _batched_mi(fixed_bins: torch.Tensor, moving_bins: torch.Tensor, bins: int) 
     return (p * torch.log(ratio)).sum((1, 2))
 
 
-def search_initialisation(
-    fixed: torch.Tensor,
-    moving: torch.Tensor,
-    *,
-    fixed_to_frame: torch.Tensor,
-    moving_to_frame: torch.Tensor,
-    angles: int = 36,
-    flip: bool = True,
-    rotate: bool = True,
-    bins: int = 24,
-) -> Initialisation:
-    """Best rotation/flip about the centres of mass, in the centred frame.
-
-    Parameters
-    ----------
-    fixed, moving : Tensor, shape (C, H, W)
-        Coarse pyramid levels (a few hundred pixels at most).
-    fixed_to_frame, moving_to_frame : Tensor, shape (3, 3)
-        Matrices taking each level's pixel coordinates to the shared frame.
-    angles : int
-        Number of rotations tried, evenly spaced over 360 degrees.
-    flip : bool
-        Also try the mirror image.
-    rotate : bool
-        False keeps only the centre-of-mass translation (``init="moments"``).
-
-    Returns
-    -------
-    Initialisation
-        ``matrix`` maps fixed frame coordinates to moving frame coordinates.
-    """
-    dtype = fixed_to_frame.dtype
-    one = torch.ones(1, dtype=dtype, device=fixed.device)
-    com_f = fixed_to_frame @ torch.cat([centre_of_mass(fixed).to(dtype), one])
-    com_m = moving_to_frame @ torch.cat([centre_of_mass(moving).to(dtype), one])
-    candidates: list[tuple[float, bool, torch.Tensor]] = []
+def _candidates(
+    com_f: torch.Tensor, com_m: torch.Tensor, *, angles: int, flip: bool, rotate: bool
+) -> list[tuple[float, bool, torch.Tensor]]:
+    """Rotations (and mirror images) about the fixed centre of mass, landing on the moving one."""
+    dtype, device = com_f.dtype, com_f.device
+    out: list[tuple[float, bool, torch.Tensor]] = []
     for mirrored in (False, True) if (flip and rotate) else (False,):
         for i in range(angles if rotate else 1):
             a = 2 * math.pi * i / angles
             c, s = math.cos(a), math.sin(a)
-            lin = torch.tensor([[c, -s], [s, c]], dtype=dtype, device=fixed.device)
+            lin = torch.tensor([[c, -s], [s, c]], dtype=dtype, device=device)
             if mirrored:
-                lin = lin @ torch.diag(torch.tensor([-1.0, 1.0], dtype=dtype, device=fixed.device))
-            m = torch.eye(3, dtype=dtype, device=fixed.device)
+                lin = lin @ torch.diag(torch.tensor([-1.0, 1.0], dtype=dtype, device=device))
+            m = torch.eye(3, dtype=dtype, device=device)
             m[:2, :2] = lin
             m[:2, 2] = com_m[:2] - lin @ com_f[:2]
-            candidates.append((math.degrees(a), mirrored, m))
-    if len(candidates) == 1:
-        angle, mirrored, m = candidates[0]
-        return Initialisation(matrix=m, angle=angle, flip=mirrored, score=float("nan"))
+            out.append((math.degrees(a), mirrored, m))
+    return out
 
-    # Grid of every fixed pixel, mapped by each candidate into moving grid_sample coordinates.
+
+def _scores(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    stack: torch.Tensor,
+    fixed_to_frame: torch.Tensor,
+    moving_to_frame: torch.Tensor,
+    bins: int,
+) -> torch.Tensor:
+    """Joint-histogram MI of the fixed image against each candidate's warped moving image."""
+    dtype = stack.dtype
     _, hf, wf = fixed.shape
     _, hm, wm = moving.shape
     ys, xs = torch.meshgrid(
@@ -126,23 +105,158 @@ def search_initialisation(
         dtype=dtype,
         device=fixed.device,
     ) @ torch.linalg.inv(moving_to_frame)
-    stack = torch.stack([c[2] for c in candidates])
     mapped = to_grid @ stack @ (fixed_to_frame @ pts)
-    grid = (mapped[:, :2] / mapped[:, 2:3]).transpose(1, 2).reshape(len(candidates), hf, wf, 2)
+    n = stack.shape[0]
+    grid = (mapped[:, :2] / mapped[:, 2:3]).transpose(1, 2).reshape(n, hf, wf, 2)
     border = torch.cat([moving[:, 0, :], moving[:, -1, :], moving[:, :, 0], moving[:, :, -1]], dim=1)
     background = border.median(dim=1).values.view(1, -1, 1, 1)
     warped = F.grid_sample(
-        (moving.unsqueeze(0) - background).expand(len(candidates), -1, -1, -1).float(),
+        (moving.unsqueeze(0) - background).expand(n, -1, -1, -1).float(),
         grid.float(),
         mode="bilinear",
         padding_mode="zeros",
         align_corners=False,
     ) + background
-    fixed_bins = _gray_bins(fixed, bins)
     g = warped.mean(1)
     lo, hi = moving.mean(0).min(), moving.mean(0).max()
     moving_bins = ((g - lo) / (hi - lo).clamp_min(1e-6) * (bins - 1)).round().clamp(0, bins - 1).long()
-    scores = _batched_mi(fixed_bins, moving_bins, bins)
-    best = int(torch.argmax(scores))
-    angle, mirrored, m = candidates[best]
-    return Initialisation(matrix=m, angle=angle, flip=mirrored, score=float(scores[best]))
+    return _batched_mi(_gray_bins(fixed, bins), moving_bins, bins)
+
+
+def _soft_mi(fixed: torch.Tensor, warped: torch.Tensor, bins: int) -> torch.Tensor:
+    """Parzen-window MI of gray values: ``fixed`` (P,), ``warped`` (K, P) → (K,), differentiable."""
+    centres = torch.linspace(0.0, 1.0, bins, dtype=warped.dtype, device=warped.device)
+    sigma = 1.0 / (bins - 1)
+    wx = torch.softmax(-0.5 * ((fixed.unsqueeze(-1) - centres) / sigma) ** 2, -1)
+    wy = torch.softmax(-0.5 * ((warped.unsqueeze(-1) - centres) / sigma) ** 2, -1)
+    joint = torch.einsum("pb,kpc->kbc", wx, wy) / fixed.shape[0]
+    px = joint.sum(2, keepdim=True)
+    py = joint.sum(1, keepdim=True)
+    return (joint * (torch.log(joint + 1e-10) - torch.log(px * py + 1e-10))).sum((1, 2))
+
+
+def _refine(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    stack: torch.Tensor,
+    fixed_to_frame: torch.Tensor,
+    moving_to_frame: torch.Tensor,
+    *,
+    bins: int,
+    iterations: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Polish several candidates at once by a short similarity-transform ascent of Parzen MI.
+
+    A candidate from the grid is up to half a step off in angle and a few pixels off in position,
+    which at finer scales costs more similarity than a wrong but symmetric pose; polishing every
+    shortlisted candidate before comparing them removes that bias.
+    """
+    from drmime_batch.core._bases import basis
+
+    dtype = stack.dtype
+    _, hf, wf = fixed.shape
+    _, hm, wm = moving.shape
+    ys, xs = torch.meshgrid(
+        torch.arange(hf, dtype=dtype, device=fixed.device),
+        torch.arange(wf, dtype=dtype, device=fixed.device),
+        indexing="ij",
+    )
+    pts = fixed_to_frame @ torch.stack([xs.ravel(), ys.ravel(), torch.ones_like(xs.ravel())])
+    to_grid = torch.tensor(
+        [[2.0 / wm, 0.0, 1.0 / wm - 1.0], [0.0, 2.0 / hm, 1.0 / hm - 1.0], [0.0, 0.0, 1.0]],
+        dtype=dtype,
+        device=fixed.device,
+    ) @ torch.linalg.inv(moving_to_frame)
+    gray_f = fixed.mean(0).ravel()
+    gray_f = (gray_f - gray_f.min()) / (gray_f.max() - gray_f.min()).clamp_min(1e-6)
+    gray_m = moving.mean(0, keepdim=True)
+    lo, hi = gray_m.min(), gray_m.max()
+    gray_m = (gray_m - lo) / (hi - lo).clamp_min(1e-6)
+    background = torch.cat([gray_m[0, 0], gray_m[0, -1], gray_m[0, :, 0], gray_m[0, :, -1]]).median()
+    bases = basis("similarity", dtype=dtype, device=fixed.device)
+    k = stack.shape[0]
+    params = torch.zeros(k, bases.shape[0], dtype=dtype, device=fixed.device, requires_grad=True)
+    opt = torch.optim.Adam([params], lr=0.01)
+
+    def evaluate() -> tuple[torch.Tensor, torch.Tensor]:
+        mats = stack @ torch.linalg.matrix_exp(torch.einsum("kb,bij->kij", params, bases))
+        mapped = to_grid @ mats @ pts
+        grid = (mapped[:, :2] / mapped[:, 2:3]).transpose(1, 2).reshape(k, 1, -1, 2)
+        warped = F.grid_sample(
+            (gray_m - background).unsqueeze(0).expand(k, -1, -1, -1).float(),
+            grid.float(),
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=False,
+        ).reshape(k, -1) + background
+        return _soft_mi(gray_f.float(), warped, bins), mats
+
+    for _ in range(iterations):
+        mi, _ = evaluate()
+        opt.zero_grad()
+        (-mi.sum()).backward()
+        opt.step()
+    with torch.no_grad():
+        mi, mats = evaluate()
+    return mi.double(), mats.detach()
+
+
+def search_initialisation(
+    fixed: Sequence[torch.Tensor],
+    moving: Sequence[torch.Tensor],
+    *,
+    fixed_to_frame: Sequence[torch.Tensor],
+    moving_to_frame: Sequence[torch.Tensor],
+    angles: int = 36,
+    flip: bool = True,
+    rotate: bool = True,
+    bins: int = 16,
+    shortlist: int = 8,
+    refine_iterations: int = 60,
+) -> Initialisation:
+    """Best rotation/flip about the centres of mass, in the centred frame.
+
+    Parameters
+    ----------
+    fixed, moving : sequence of Tensor, shape (C, H, W)
+        The same images at a few coarse scales (tens of pixels, lightly blurred); a candidate's
+        score is the sum of its mutual information over the scales, which is steadier than any
+        single scale on faint stains and near-symmetric tissue.
+    fixed_to_frame, moving_to_frame : sequence of Tensor, shape (3, 3)
+        Per scale, the matrix taking that image's pixel coordinates to the shared frame.
+    angles : int
+        Number of rotations tried, evenly spaced over 360 degrees.
+    flip : bool
+        Also try the mirror image.
+    rotate : bool
+        False keeps only the centre-of-mass translation (``init="moments"``).
+    shortlist, refine_iterations : int
+        How many of the best grid candidates are polished (similarity transform, Parzen MI on the
+        last, finest scale) before the final choice, and for how many steps.
+
+    Returns
+    -------
+    Initialisation
+        ``matrix`` maps fixed frame coordinates to moving frame coordinates.
+    """
+    dtype = fixed_to_frame[0].dtype
+    one = torch.ones(1, dtype=dtype, device=fixed[0].device)
+    com_f = fixed_to_frame[-1] @ torch.cat([centre_of_mass(fixed[-1]).to(dtype), one])
+    com_m = moving_to_frame[-1] @ torch.cat([centre_of_mass(moving[-1]).to(dtype), one])
+    candidates = _candidates(com_f, com_m, angles=angles, flip=flip, rotate=rotate)
+    if len(candidates) == 1:
+        angle, mirrored, m = candidates[0]
+        return Initialisation(matrix=m, angle=angle, flip=mirrored, score=float("nan"))
+    stack = torch.stack([c[2] for c in candidates])
+    scores = sum(
+        _scores(f, m, stack, ff, mf, bins)
+        for f, m, ff, mf in zip(fixed, moving, fixed_to_frame, moving_to_frame)
+    )
+    # Shortlist on the coarse grid scores, polish the shortlist at the finest scale, keep the best.
+    top = torch.argsort(scores, descending=True)[:shortlist].tolist()
+    refined, mats = _refine(
+        fixed[-1], moving[-1], stack[top], fixed_to_frame[-1], moving_to_frame[-1], bins=bins, iterations=refine_iterations
+    )
+    best = int(torch.argmax(refined))
+    angle, mirrored, _ = candidates[top[best]]
+    return Initialisation(matrix=mats[best], angle=angle, flip=mirrored, score=float(refined[best]))

@@ -31,7 +31,7 @@ from drmime_batch.core._convention import level_to_full_matrix, normalised_frame
 from drmime_batch.core._init import search_initialisation
 from drmime_batch.core._metrics import METRICS
 from drmime_batch.core._mine import StatisticsNetwork
-from drmime_batch.core._pyramid import gaussian_pyramid, sampling_weights
+from drmime_batch.core._pyramid import _blur, gaussian_pyramid, sampling_weights
 from drmime_batch.errors import RegistrationDivergedError
 
 __all__ = ["OptimisationOutcome", "optimise", "resolve_device"]
@@ -39,7 +39,7 @@ __all__ = ["OptimisationOutcome", "optimise", "resolve_device"]
 ProgressCallback = Callable[[int, float], None]
 
 _POOL = 1 << 18  # candidate sample points per level, drawn once by weight
-_INIT_SIZE = 128  # longer side of the image the initialisation search runs on
+_INIT_SIZES = (32, 48, 64)  # longer sides of the images the initialisation search scores on
 
 
 def resolve_device(device: str) -> torch.device:
@@ -71,6 +71,15 @@ def _grid_matrix(shape: tuple[int, int], device: torch.device) -> torch.Tensor:
 
 def _downsample(shape_full: tuple[int, int], shape_level: tuple[int, int]) -> tuple[float, float]:
     return shape_full[1] / shape_level[1], shape_full[0] / shape_level[0]
+
+
+def _shrink(image: torch.Tensor, size: int) -> torch.Tensor:
+    """A copy whose longer side is ``size`` pixels, blurred by one pixel against aliasing/noise."""
+    factor = size / max(image.shape[1:])
+    if factor < 1:
+        shape = [max(8, round(s * factor)) for s in image.shape[1:]]
+        image = F.interpolate(image.unsqueeze(0), size=shape, mode="bilinear", antialias=True, align_corners=False)[0]
+    return _blur(image, 1.0)
 
 
 def _sample_values(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -123,20 +132,17 @@ def optimise(
             _grid_matrix(tuple(lm.shape[1:]), device) @ torch.linalg.inv(m_to_full) @ torch.linalg.inv(frame_m)
         )
 
-    # Coarse initialisation on small copies of the finest level.
-    def shrink(img: torch.Tensor) -> torch.Tensor:
-        factor = _INIT_SIZE / max(img.shape[1:])
-        if factor >= 1:
-            return img
-        size = [max(8, round(s * factor)) for s in img.shape[1:]]
-        return F.interpolate(img.unsqueeze(0), size=size, mode="bilinear", antialias=True, align_corners=False)[0]
-
-    small_f, small_m = shrink(fixed), shrink(moving)
+    # Coarse initialisation on small, lightly blurred copies of the finest level.
+    smalls = [(_shrink(fixed, size), _shrink(moving, size)) for size in _INIT_SIZES]
     init = search_initialisation(
-        small_f,
-        small_m,
-        fixed_to_frame=frame_f @ _t(level_to_full_matrix(_downsample(full_f, small_f.shape[1:])), device),
-        moving_to_frame=frame_m @ _t(level_to_full_matrix(_downsample(full_m, small_m.shape[1:])), device),
+        [f for f, _ in smalls],
+        [m for _, m in smalls],
+        fixed_to_frame=[
+            frame_f @ _t(level_to_full_matrix(_downsample(full_f, f.shape[1:])), device) for f, _ in smalls
+        ],
+        moving_to_frame=[
+            frame_m @ _t(level_to_full_matrix(_downsample(full_m, m.shape[1:])), device) for _, m in smalls
+        ],
         angles=config.init_angles,
         flip=config.init_flip,
         rotate=config.init == "search",
@@ -174,6 +180,7 @@ def optimise(
     avg_theta = torch.zeros(2 * k, dtype=torch.float64, device=device)
     iteration = 0
     warmup = config.warmup if config.metric == "mine" else 0
+    ema_lme: list[float | None] = [None] * n_levels
     for iteration in range(1, config.max_iterations + warmup + 1):
         shared = m0 @ exp_transform(theta, bases)
         fine = m0 @ exp_transform(theta + delta, bases)
@@ -208,18 +215,30 @@ def optimise(
             ).to(device)
             scores = net(torch.cat([x_all, x_all]), torch.cat([y_all, y_all[perm]]))
             joint, marginal = scores[: len(x_all)], scores[len(x_all) :]
-            values = [
-                joint[a:b].mean() - (torch.logsumexp(marginal[a:b], 0) - math.log(b - a))
-                for a, b in zip(offsets[:-1], offsets[1:])
-            ]
+            values, surrogates = [], []
+            for lvl, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
+                log_mean_exp = torch.logsumexp(marginal[a:b], 0) - math.log(b - a)
+                values.append(joint[a:b].mean() - log_mean_exp)
+                if config.mine_ema > 0:
+                    # MINE's bias-corrected gradient: the mean of exp(T) in the denominator of the
+                    # gradient of log-mean-exp is replaced by its moving average over iterations,
+                    # since a single minibatch's estimate biases the transform's gradient.
+                    lme = float(log_mean_exp.detach())
+                    ema_lme[lvl] = lme if ema_lme[lvl] is None else (
+                        (1 - config.mine_ema) * ema_lme[lvl] + config.mine_ema * lme
+                    )
+                    surrogates.append(joint[a:b].mean() - torch.exp(log_mean_exp - ema_lme[lvl]))
+                else:
+                    surrogates.append(values[-1])
         else:
             assert metric_fn is not None
             values = [metric_fn(x, y) for x, y in zip(xs, ys)]
+            surrogates = values
         similarity = torch.stack(values).mean()
         if not torch.isfinite(similarity):
             raise RegistrationDivergedError(f"the similarity became non-finite at iteration {iteration}")
         opt.zero_grad(set_to_none=True)
-        (-similarity).backward()
+        (-torch.stack(surrogates).mean()).backward()
         if iteration <= warmup:
             # The untrained network's gradient is noise: let it learn before the transform moves.
             theta.grad = None
