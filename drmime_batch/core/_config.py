@@ -60,6 +60,9 @@ class RegistrationConfig:
         Also try the mirrored moving image (sections mounted upside down).
     sampling : {"edges", "uniform"}
         Where fixed points are drawn: weighted towards tissue edges, or uniformly.
+    symmetric : bool
+        Draw half the points in the moving image and map them back through the inverse, which
+        cancels the similarity's bias towards shrinking one image onto the other.
     threads : int or None
         Torch CPU threads (None leaves torch's default).
     """
@@ -87,6 +90,7 @@ class RegistrationConfig:
     init_angles: int = 36
     init_flip: bool = True
     sampling: str = "uniform"
+    symmetric: bool = True
     threads: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 

@@ -82,6 +82,31 @@ def _shrink(image: torch.Tensor, size: int) -> torch.Tensor:
     return _blur(image, 1.0)
 
 
+def _sample_pairs(
+    source: torch.Tensor,
+    target: torch.Tensor,
+    pool: torch.Tensor,
+    n: int,
+    mapping: torch.Tensor,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values of ``source`` at ``n`` fresh points and of ``target`` where ``mapping`` sends them.
+
+    Points are pool pixels plus a uniform sub-pixel jitter; ``mapping`` takes ``source`` pixel
+    coordinates to ``target`` grid coordinates. Points landing outside ``target`` are dropped.
+    """
+    device = source.device
+    h, w = source.shape[1:]
+    pick = pool[torch.randint(pool.shape[0], (n,), generator=gen).to(device)]
+    jitter = torch.rand(n, 2, generator=gen).to(device=device, dtype=torch.float64) - 0.5
+    px = torch.stack([(pick % w).double(), (pick // w).double()], 1) + jitter
+    mapped = torch.cat([px, torch.ones_like(px[:, :1])], 1) @ mapping.T
+    grid_t = mapped[:, :2] / mapped[:, 2:3]
+    inside = (grid_t.abs() <= 1.0).all(1)
+    grid_s = (px[inside] + 0.5) / torch.tensor([w, h], dtype=torch.float64, device=device) * 2 - 1
+    return _sample_values(source, grid_s.float()), _sample_values(target, grid_t[inside].float())
+
+
 def _sample_values(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Bilinear values of ``image`` (C, H, W) at grid coordinates (N, 2) → (N, C)."""
     out = F.grid_sample(image.unsqueeze(0), grid.view(1, 1, -1, 2), mode="bilinear", align_corners=False)
@@ -123,14 +148,17 @@ def optimise(
     n_levels = min(len(pyr_f), len(pyr_m))
     pyr_f, pyr_m = pyr_f[:n_levels], pyr_m[:n_levels]
 
-    # Per level: fixed level pixels -> frame, and frame -> moving level grid coordinates.
-    f_to_frame, frame_to_grid = [], []
-    for lf, lm in zip(pyr_f, pyr_m):
-        f_to_frame.append(frame_f @ _t(level_to_full_matrix(_downsample(full_f, lf.shape[1:])), device))
-        m_to_full = _t(level_to_full_matrix(_downsample(full_m, lm.shape[1:])), device)
-        frame_to_grid.append(
-            _grid_matrix(tuple(lm.shape[1:]), device) @ torch.linalg.inv(m_to_full) @ torch.linalg.inv(frame_m)
-        )
+    # Per level and image: level pixels -> frame, and frame -> level grid_sample coordinates.
+    # Level k pools 2**k x 2**k full-resolution pixels (the last row/column may be partial), so
+    # its factor is exactly 2**k; the ratio of sizes would be off by up to a pixel per level on
+    # odd sizes, a scale error of ~1.5 % at the coarsest level.
+    f_to_frame, m_to_frame, frame_to_grid_f, frame_to_grid_m = [], [], [], []
+    for lvl, (lf, lm) in enumerate(zip(pyr_f, pyr_m)):
+        to_full = _t(level_to_full_matrix(float(2**lvl)), device)
+        f_to_frame.append(frame_f @ to_full)
+        m_to_frame.append(frame_m @ to_full)
+        frame_to_grid_f.append(_grid_matrix(tuple(lf.shape[1:]), device) @ torch.linalg.inv(f_to_frame[-1]))
+        frame_to_grid_m.append(_grid_matrix(tuple(lm.shape[1:]), device) @ torch.linalg.inv(m_to_frame[-1]))
 
     # Coarse initialisation on small, lightly blurred copies of the finest level.
     smalls = [(_shrink(fixed, size), _shrink(moving, size)) for size in _INIT_SIZES]
@@ -151,10 +179,12 @@ def optimise(
     t_init = time.perf_counter() - t0
 
     # Sampling pools: indices drawn once by weight; each iteration picks uniformly among them.
-    pools = []
-    for lf in pyr_f:
-        w = sampling_weights(lf, mode=config.sampling).flatten().double().cpu()
-        pools.append(torch.multinomial(w, _POOL, replacement=True, generator=gen).to(device))
+    def pool(image: torch.Tensor) -> torch.Tensor:
+        w = sampling_weights(image, mode=config.sampling).flatten().double().cpu()
+        return torch.multinomial(w, _POOL, replacement=True, generator=gen).to(device)
+
+    pools_f = [pool(lf) for lf in pyr_f]
+    pools_m = [pool(lm) for lm in pyr_m] if config.symmetric else []
 
     bases = basis(config.transform, dtype=torch.float64, device=device)
     k = bases.shape[0]
@@ -186,25 +216,32 @@ def optimise(
         fine = m0 @ exp_transform(theta + delta, bases)
         xs, ys, sizes = [], [], []
         for lvl in range(n_levels):
-            lf, lm = pyr_f[lvl], pyr_m[lvl]
-            h, w = lf.shape[1:]
-            pick = pools[lvl][torch.randint(_POOL, (n_points[lvl],), generator=gen).to(device)]
-            jitter = torch.rand(n_points[lvl], 2, generator=gen).to(device=device, dtype=torch.float64) - 0.5
-            px = torch.stack([(pick % w).double(), (pick // w).double()], 1) + jitter
-            hom = torch.cat([px, torch.ones_like(px[:, :1])], 1)
-            mapping = frame_to_grid[lvl] @ (fine if lvl == 0 else shared) @ f_to_frame[lvl]
-            mapped = hom @ mapping.T
-            grid_m = mapped[:, :2] / mapped[:, 2:3]
-            inside = (grid_m.abs() <= 1.0).all(1)
-            if int(inside.sum()) < 16:
-                raise RegistrationDivergedError(
-                    f"the transform moved the fixed image off the moving image at level {lvl} "
-                    f"(iteration {iteration}); try another init or transform"
+            current = fine if lvl == 0 else shared
+            n = n_points[lvl] // 2 if config.symmetric else n_points[lvl]
+            src_f, dst_m = _sample_pairs(
+                pyr_f[lvl], pyr_m[lvl], pools_f[lvl], n, frame_to_grid_m[lvl] @ current @ f_to_frame[lvl], gen
+            )
+            if config.symmetric:
+                # Half the points start in the moving image and map back through the inverse: a
+                # bias of the similarity towards shrinking one image (smoother, more predictable
+                # values) then cancels against the same bias in the other direction.
+                src_m, dst_f = _sample_pairs(
+                    pyr_m[lvl],
+                    pyr_f[lvl],
+                    pools_m[lvl],
+                    n,
+                    frame_to_grid_f[lvl] @ torch.linalg.inv(current) @ m_to_frame[lvl],
+                    gen,
                 )
-            grid_f = (px[inside] + 0.5) / torch.tensor([w, h], dtype=torch.float64, device=device) * 2 - 1
-            xs.append(_sample_values(lf, grid_f.float()))
-            ys.append(_sample_values(lm, grid_m[inside].float()))
-            sizes.append(xs[-1].shape[0])
+                src_f, dst_m = torch.cat([src_f, dst_f]), torch.cat([dst_m, src_m])
+            if src_f.shape[0] < 16:
+                raise RegistrationDivergedError(
+                    f"the transform moved the images apart at level {lvl} (iteration {iteration}): "
+                    "fewer than 16 sample points overlap; try another init or transform"
+                )
+            xs.append(src_f)
+            ys.append(dst_m)
+            sizes.append(src_f.shape[0])
 
         if config.metric == "mine":
             x_all = torch.cat(xs)

@@ -33,8 +33,9 @@ def gaussian_pyramid(image: torch.Tensor, levels: int, *, min_size: int = 32) ->
     Returns
     -------
     list of Tensor
-        Finest first. Level ``k`` has ``ceil(H / 2**k)`` rows; the downsample factor of a level is
-        the ratio of sizes (see :mod:`drmime_batch.core._convention`).
+        Finest first. Level ``k`` has ``ceil(H / 2**k)`` rows and a downsample factor of exactly
+        ``2**k``: its pixel ``i`` pools full-resolution pixels ``[2**k i, 2**k (i + 1))`` (see
+        :mod:`drmime_batch.core._convention`).
 
     Examples
     --------

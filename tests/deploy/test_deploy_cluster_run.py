@@ -25,7 +25,9 @@ async def _connect(address: str, security: object) -> int:
     from distributed import Client
 
     kwargs = {"security": security} if security is not None else {}
-    async with Client(address, asynchronous=True, timeout="5s", **kwargs) as client:
+    # not the default client: a refused one never unsets the dask scheduler it would have set,
+    # and every later dask computation in this process would then look for a client
+    async with Client(address, asynchronous=True, timeout="5s", set_as_default=False, **kwargs) as client:
         await client.wait_for_workers(2, timeout=30)
         return len(client.scheduler_info()["workers"])
 
