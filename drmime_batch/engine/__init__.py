@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from drmime_batch.engine._client import CLUSTER_KINDS, local_cluster_size, open_client
 from drmime_batch.engine._driver import RunEvent, RunOptions, RunSummary, run_queue
+from drmime_batch.engine._hpc import job_script, load_cluster_config, load_security, make_cluster
 from drmime_batch.engine._task import PROGRESS_TOPIC, PairTask, register_pair
 
 __all__ = [
@@ -21,7 +22,11 @@ __all__ = [
     "RunEvent",
     "RunOptions",
     "RunSummary",
+    "job_script",
+    "load_cluster_config",
+    "load_security",
     "local_cluster_size",
+    "make_cluster",
     "open_client",
     "register_pair",
     "run_queue",
