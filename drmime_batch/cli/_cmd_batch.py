@@ -16,52 +16,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from drmime_batch.errors import ManifestError
+from drmime_batch.cli._options import add_registration_arguments, registration_options
 
 __all__ = ["add_commands"]
-
-_REG_OPTIONS = (
-    # flag, dest, type, help
-    ("--transform", "transform", str, "transform family: translation, rigid, similarity, affine (default), homography"),
-    ("--metric", "metric", str, "similarity: mine (DRMIME, default), mse, ncc, mi"),
-    ("--max-iterations", "max_iterations", int, "iteration cap of the optimiser"),
-    ("--max-size", "max_size", int, "longest side (px) of the pyramid level registered (default 1024)"),
-    ("--levels", "levels", int, "pyramid levels optimised jointly"),
-    ("--points", "points", int, "points sampled per level and iteration"),
-    ("--seed", "seed", int, "random seed"),
-    ("--init", "init", str, "initialisation: search (default), moments, none"),
-)
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _registration_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Options given on the command line, checked against ``RegistrationConfig`` now."""
-    options: dict[str, Any] = {}
-    for _flag, dest, _type, _help in _REG_OPTIONS:
-        value = getattr(args, dest, None)
-        if value is not None:
-            options[dest] = value
-    if args.device is not None:
-        options["device"] = args.device
-    for item in args.option or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ManifestError(f"--option expects KEY=VALUE, got {item!r}")
-        options[key.strip().replace("-", "_")] = _parse_value(value)
-    from drmime_batch.core import RegistrationConfig
-
-    try:
-        RegistrationConfig.from_dict(options)
-    except (TypeError, ValueError) as exc:
-        raise ManifestError(f"invalid registration option: {exc}") from None
-    return options
-
 
 # ---------------------------------------------------------------------------------------- submit
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -69,7 +26,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     from drmime_batch.queue import Queue, read_manifest
 
     entries = read_manifest(args.manifest)
-    options = _registration_options(args)
+    options = registration_options(args)
     with Queue.open(args.queue, create=True) as queue:
         added = queue.add(entries, out=args.out, options=options)
         counts = queue.counts()
@@ -336,10 +293,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--queue", required=True, metavar="QUEUE", help="queue file (SQLite); made if missing")
     p.add_argument("--out", required=True, metavar="OUT.zarr", help="output store of these pairs")
     reg = p.add_argument_group("registration options (stored per pair)")
-    for flag, dest, typ, text in _REG_OPTIONS:
-        reg.add_argument(flag, dest=dest, type=typ, help=text)
-    reg.add_argument("--device", choices=("auto", "cpu", "cuda"), help="device (default auto)")
-    reg.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other RegistrationConfig field")
+    add_registration_arguments(reg)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_submit)
 
