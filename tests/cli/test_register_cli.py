@@ -1,0 +1,81 @@
+"""``drmime-batch register`` end to end, as a subprocess, on two bundled lung-lesion-3 images."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from _batch_data import EXAMPLE, cli
+
+from drmime_batch.core import RegistrationResult
+from drmime_batch.evaluation import best_fit_matrix, evaluate_matrix, read_landmarks
+
+# pairs.csv, data row 6 (ANHIR columns: Target = fixed, Source = moving)
+FIXED = EXAMPLE / "images" / "29-041-Izd2-w35-Cc10-5-les3.jpg"
+MOVING = EXAMPLE / "images" / "29-041-Izd2-w35-proSPC-4-les3.jpg"
+FIXED_LM = EXAMPLE / "landmarks-5pc-user-PS" / "29-041-Izd2-w35-Cc10-5-les3.csv"
+MOVING_LM = EXAMPLE / "landmarks-5pc-user-PS" / "29-041-Izd2-w35-proSPC-4-les3.csv"
+#: a quick registration: the 223x165 level of the 892x661 images, 100 iterations, one thread
+QUICK = ["--max-size", "256", "--max-iterations", "100", "--seed", "3", "--device", "cpu", "--option", "threads=1"]
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith("drmime-batch register: error: "), stderr
+    return lines[0]
+
+
+def test_register_writes_a_full_resolution_record(tmp_path):
+    out = tmp_path / "results" / "pair.json"  # the folder does not exist yet
+    proc = cli("register", FIXED, MOVING, *QUICK, "--out", out, timeout=120)
+    assert "final MI" in proc.stdout and "nats" in proc.stdout
+    assert "level 2 (223x165 of 892x661)" in proc.stdout  # registered on the level <= 256 px
+
+    result = RegistrationResult.from_json(out.read_text())
+    m = np.asarray(result.matrix)
+    assert m.shape == (3, 3) and m[2, 2] == 1.0 and np.all(np.isfinite(m))
+    assert np.allclose(m[2, :2], 0.0)  # affine by default
+    assert result.transform == "affine" and result.metric == "mine" and result.seed == 3
+    assert result.config["max_size"] == 256 and result.final_mi > 0.1
+    # the record describes the files at full resolution, not the level registered
+    assert tuple(result.fixed_shape[:2]) == (661, 892)
+    for row, line in zip(m, proc.stdout.split("matrix")[1].splitlines()[2:5]):
+        assert f"{row[2]:.6f}" in line  # the printed matrix is the written one
+    assert sorted(p.name for p in out.parent.iterdir()) == ["pair.json"]  # no temporary left over
+
+    # the matrix really is at full resolution: the landmarks of the full-size files agree with it
+    fixed_lm, moving_lm = read_landmarks(FIXED_LM), read_landmarks(MOVING_LM)
+    shape = Image.open(FIXED).size[::-1]
+    scores = evaluate_matrix(m, fixed_lm, moving_lm, fixed_shape=shape)
+    floor = evaluate_matrix(best_fit_matrix(fixed_lm, moving_lm), fixed_lm, moving_lm, fixed_shape=shape)
+    assert scores.rtre_median < scores.identity_rtre_median / 5, scores
+    assert scores.rtre_median < 2 * floor.rtre_median, (scores, floor)
+
+
+def test_register_missing_file_is_one_line_naming_it(tmp_path):
+    missing = tmp_path / "no-such-slide.tif"
+    proc = cli("register", FIXED, missing, *QUICK, check=1)
+    line = _one_error_line(proc.stderr)
+    assert str(missing) in line and "moving" in line
+    assert proc.stdout == ""
+
+
+def test_register_bad_images_are_one_line_naming_them(tmp_path):
+    constant = tmp_path / "constant.png"
+    Image.fromarray(np.full((120, 150, 3), 200, np.uint8)).save(constant)
+    proc = cli("register", constant, MOVING, *QUICK, check=1)
+    line = _one_error_line(proc.stderr)
+    assert str(constant) in line and "constant" in line
+
+    truncated = tmp_path / "truncated.jpg"
+    data = FIXED.read_bytes()
+    truncated.write_bytes(data[: len(data) // 3])
+    proc = cli("register", FIXED, truncated, *QUICK, check=1)
+    line = _one_error_line(proc.stderr)
+    assert str(truncated) in line and "truncated" in line
+
+    out = tmp_path / "never.json"
+    proc = cli("register", FIXED, MOVING, "--transform", "spline", "--out", out, check=1)
+    assert "spline" in _one_error_line(proc.stderr)
+    assert not out.exists()
