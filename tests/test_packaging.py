@@ -53,6 +53,9 @@ PYPI_TO_CONDA: dict[str, str | None] = {
     "dask-kubernetes": "dask-kubernetes",
     "simpleitk": "simpleitk",
     "itk-elastix": None,
+    "s3fs": "s3fs",
+    "gcsfs": "gcsfs",
+    "moto": None,  # its "server" extra exists on PyPI only
 }
 
 #: import name -> PyPI distribution, where they differ beyond ``_`` vs ``-``
@@ -67,7 +70,7 @@ IMPORT_TO_DIST: dict[str, str] = {
 #: pixi-only conda packages that are not Python distributions of pyproject.toml
 PIXI_ONLY = {"python", "cuda-version"}
 
-EXTRAS = ("test", "hpc", "k8s", "peers")
+EXTRAS = ("test", "hpc", "k8s", "peers", "cloud")
 
 
 def _norm(name: str) -> str:
@@ -128,6 +131,8 @@ def test_pyproject_core_metadata(pyproject: dict[str, Any], declared: dict[str, 
     assert "dask-jobqueue" in declared["hpc"]
     assert "dask-kubernetes" in declared["k8s"]
     assert {"simpleitk", "itk-elastix"} <= declared["peers"].keys()
+    assert {"s3fs", "gcsfs"} <= declared["cloud"].keys()
+    assert {"moto", "s3fs"} <= declared["test"].keys()  # the object-store tests run a local S3
 
 
 def test_pyproject_has_lower_bounds_only(declared: dict[str, dict[str, str]]) -> None:

@@ -11,7 +11,7 @@ import csv
 import math
 from os import PathLike
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -34,6 +34,18 @@ def _parse_float(text: str, path: Path, line: int, column: str) -> float:
     return value
 
 
+def _read_url_text(url: str) -> str:
+    """The text of a landmark object named by an fsspec URL (``s3://...``)."""
+    from drmime_batch.io._fs import read_bytes
+
+    try:
+        return read_bytes(url).decode("utf-8-sig")
+    except FileNotFoundError:
+        raise LandmarkError(f"landmark file {url} does not exist (expected an ANHIR CSV with header ',X,Y')") from None
+    except (OSError, ImportError, UnicodeDecodeError) as exc:
+        raise LandmarkError(f"landmark file {url} cannot be read as text: {exc}") from exc
+
+
 def read_landmarks(path: PathLikeStr) -> np.ndarray:
     """Read an ANHIR landmark CSV (``,X,Y``) into an ``(N, 2)`` array of ``(x, y)``.
 
@@ -43,7 +55,7 @@ def read_landmarks(path: PathLikeStr) -> np.ndarray:
     Parameters
     ----------
     path : str or path-like
-        The CSV file.
+        The CSV file, or an fsspec URL of one (``s3://bucket/lm/a.csv``).
 
     Returns
     -------
@@ -65,15 +77,19 @@ def read_landmarks(path: PathLikeStr) -> np.ndarray:
     array([[10.5, 20. ],
            [ 3. ,  4. ]])
     """
-    p = Path(path)
-    if not p.exists():
-        raise LandmarkError(f"landmark file {p} does not exist (expected an ANHIR CSV with header ',X,Y')")
-    if not p.is_file():
-        raise LandmarkError(f"landmark file {p} is not a file (expected an ANHIR CSV with header ',X,Y')")
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LandmarkError(f"landmark file {p} cannot be read as text: {exc}") from exc
+    if isinstance(path, str) and "://" in path and not path.startswith("file://"):
+        p: Any = path  # an fsspec URL stays a string
+        text = _read_url_text(path)
+    else:
+        p = Path(path.removeprefix("file://") if isinstance(path, str) else path)
+        if not p.exists():
+            raise LandmarkError(f"landmark file {p} does not exist (expected an ANHIR CSV with header ',X,Y')")
+        if not p.is_file():
+            raise LandmarkError(f"landmark file {p} is not a file (expected an ANHIR CSV with header ',X,Y')")
+        try:
+            text = p.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LandmarkError(f"landmark file {p} cannot be read as text: {exc}") from exc
     rows = [r for r in csv.reader(text.splitlines())]
     rows = [r for r in rows if any(cell.strip() for cell in r)]
     if not rows:

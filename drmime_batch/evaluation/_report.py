@@ -65,6 +65,17 @@ def _safe_name(index: int, pair_id: str) -> str:
     return f"{index:04d}-{stem[:80]}.png"
 
 
+def _fetch_url(url: str) -> bytes | None:
+    """The bytes of a QC picture in an object store (``s3://...``), or None when unreachable."""
+    from drmime_batch.io._fs import read_bytes
+
+    try:
+        return read_bytes(url)
+    except (OSError, ImportError, ValueError) as exc:
+        logger.debug("cannot fetch %s: %s", url, exc)
+        return None
+
+
 def write_html_report(rows: Sequence[Mapping[str, Any]], out_dir: Path, *, title: str) -> Path:
     """Write ``out_dir/index.html``: a table of the pairs, a summary and each pair's QC overlay.
 
@@ -120,17 +131,21 @@ def write_html_report(rows: Sequence[Mapping[str, Any]], out_dir: Path, *, title
         body.append("<tr>" + "".join(cells) + "</tr>")
         qc = row.get("qc_png")
         if qc:
-            src = Path(qc)
-            if src.is_file():
+            src = Path(qc) if "://" not in str(qc) else None
+            picture = _fetch_url(str(qc)) if src is None else None
+            if picture is not None or (src is not None and src.is_file()):
                 qc_dir.mkdir(exist_ok=True)
                 name = _safe_name(index, pair_id)
-                shutil.copyfile(src, qc_dir / name)
+                if picture is not None:
+                    (qc_dir / name).write_bytes(picture)
+                else:
+                    shutil.copyfile(src, qc_dir / name)  # type: ignore[arg-type]
                 figures.append(
                     f'<figure><img src="qc/{html.escape(name)}" alt="QC overlay of {html.escape(pair_id)}">'
                     f"<figcaption>{html.escape(pair_id)}</figcaption></figure>"
                 )
             else:
-                logger.warning("pair %s: QC image %s does not exist; left out of the report", pair_id, src)
+                logger.warning("pair %s: QC image %s does not exist; left out of the report", pair_id, qc)
 
     summary_rows = []
     for key in ("seconds", *show_landmarks):

@@ -4,7 +4,8 @@ Readers (:func:`open_image`) return a :class:`MultiscaleImage` whose levels are 
 read nothing until computed; :func:`warp` builds the registered full-resolution image as a lazy
 dask array on the fixed image's grid; the writers put one pair's outputs under
 ``OUT.zarr/<pair_id>/`` atomically (see :mod:`drmime_batch.io._writers` for the layout and the
-completion marker).
+completion marker). Inputs and ``OUT`` may also be fsspec URLs (``s3://``, ``gs://``; see
+:mod:`drmime_batch.io._fs`): read by byte range / chunk, written in place behind the marker.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import dask.array as da
 import numpy as np
 
 from drmime_batch.core._convention import level_to_full_matrix
+from drmime_batch.io._fs import basename, is_url
 from drmime_batch.io._sources import LevelSource
 
 if TYPE_CHECKING:
@@ -72,8 +73,10 @@ class MultiscaleImage:
 
     Attributes
     ----------
-    path : pathlib.Path
-        The file (or zarr directory) read.
+    path : pathlib.Path or str
+        The file (or zarr directory) read; an fsspec URL stays a ``str`` (``s3://...``).
+    name : str
+        Its last component (the file or object name).
     levels : list of dask.array.Array
         ``(y, x[, c])`` arrays, level 0 first; the file's own levels, then built ones.
     downsamples : list of (sx, sy)
@@ -102,7 +105,8 @@ class MultiscaleImage:
     ) -> None:
         if not sources and not levels:
             raise ValueError("a multiscale image needs at least one level")
-        self.path = Path(path)
+        self.path: Path | str = path if is_url(path) else Path(path)
+        self.name = basename(self.path)
         self._sources: list[LevelSource | None] = list(sources)
         if levels is None:
             native = list(native_chunks) if native_chunks is not None else [None] * len(sources)
@@ -114,7 +118,7 @@ class MultiscaleImage:
                     lock=False,
                     inline_array=True,
                     meta=np.empty((0,) * src.ndim, dtype=src.dtype),
-                    name=f"read-{Path(src.path).name}-{da.core.tokenize(src)}",
+                    name=f"read-{basename(src.path)}-{da.core.tokenize(src)}",
                 )
                 for src, nat in zip(sources, native, strict=True)
             ]
@@ -180,7 +184,7 @@ class MultiscaleImage:
         src = self._sources[index] if index < len(self._sources) else None
         if src is None:
             raise ValueError(
-                f"level {index} of {self.path.name} is not stored in the file (it is built lazily); "
+                f"level {index} of {self.name} is not stored in the file (it is built lazily); "
                 f"file levels are 0..{self.n_file_levels - 1}"
             )
         return src
@@ -212,7 +216,7 @@ class MultiscaleImage:
     def read_level(self, index: int) -> np.ndarray:
         """Compute one level (and only what it needs) into a numpy array."""
         if not -len(self._levels) <= index < len(self._levels):
-            raise IndexError(f"{self.path.name} has {len(self._levels)} levels, asked for {index}")
+            raise IndexError(f"{self.name} has {len(self._levels)} levels, asked for {index}")
         return np.asarray(self._levels[index].compute())
 
     def to_datatree(self) -> xr.DataTree:
@@ -243,6 +247,6 @@ class MultiscaleImage:
     def __repr__(self) -> str:
         ps = "unknown" if self.pixel_size is None else f"{self.pixel_size[0]:.4g}x{self.pixel_size[1]:.4g} um"
         return (
-            f"MultiscaleImage({self.path.name!r}, shape={self.shape}, dtype={self.dtype}, "
+            f"MultiscaleImage({self.name!r}, shape={self.shape}, dtype={self.dtype}, "
             f"levels={len(self._levels)} ({self.n_file_levels} in file), pixel_size={ps})"
         )

@@ -15,6 +15,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from drmime_batch.io._fs import Location, basename, is_url, url_fs
 from drmime_batch.io._multiscale import downsample2
 
 __all__ = ["write_ome_zarr", "write_ome_tiff", "ngff_multiscale_attrs"]
@@ -114,7 +115,7 @@ def _store_level(group: Any, index: int, cyx: da.Array, *, shard: int, chunk: in
 
 
 def write_ome_zarr(
-    path: Path,
+    path: Location,
     data: da.Array,
     *,
     name: str,
@@ -127,7 +128,9 @@ def write_ome_zarr(
 ) -> list[tuple[int, ...]]:
     """Write ``data`` ``(y, x[, c])`` as an OME-Zarr 0.5 multiscale group at ``path`` (not atomic).
 
-    Computes with the active dask scheduler (a distributed ``Client`` when one is current).
+    ``path`` may be an fsspec URL (zarr's ``FsspecStore``; the arrays pickle to the workers with
+    their store, which reopens the file system from its URL options there). Computes with the
+    active dask scheduler (a distributed ``Client`` when one is current).
     Returns the level shapes written (``(c, y, x)`` or ``(y, x)``).
     """
     import zarr
@@ -160,8 +163,8 @@ def write_ome_zarr(
 
 
 def write_ome_tiff(
-    path: Path,
-    zarr_path: Path,
+    path: Location,
+    zarr_path: Location,
     *,
     pixel_size: tuple[float, float] | None = None,
     tile: int = 256,
@@ -169,10 +172,23 @@ def write_ome_tiff(
     """Export an OME-Zarr written by :func:`write_ome_zarr` as a pyramidal, tiled OME-TIFF.
 
     Streams one band of tiles at a time from each zarr level (never the whole image); level 0 is
-    the main IFD, the others SubIFDs, as QuPath and Bio-Formats expect.
+    the main IFD, the others SubIFDs, as QuPath and Bio-Formats expect. A URL ``path`` is
+    written to a local temporary file first (a TIFF writer seeks back), then uploaded in one
+    piece.
     """
     import tifffile
     import zarr
+
+    if is_url(path):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="drmime-tiff-") as scratch:
+            local = Path(scratch) / basename(path)
+            write_ome_tiff(local, zarr_path, pixel_size=pixel_size, tile=tile)
+            fs, remote = url_fs(str(path))
+            fs.put_file(str(local), remote)
+            fs.invalidate_cache(remote)
+        return
 
     group = zarr.open_group(store=str(zarr_path), mode="r")
     levels = [group[str(i)] for i in range(len(list(group.array_keys())))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import struct
@@ -12,6 +13,18 @@ from typing import Any
 import numpy as np
 
 from drmime_batch.errors import CorruptImageError, ImageNotFoundError, UnsupportedFormatError
+from drmime_batch.io._fs import (
+    Location,
+    basename,
+    exists,
+    is_url,
+    join,
+    location,
+    open_input,
+    read_head,
+    stamp,
+    url_fs,
+)
 from drmime_batch.io._multiscale import MultiscaleImage
 from drmime_batch.io._sources import AxisMap, PILSource, TiffSource, ZarrSource, pil_mode_plan
 
@@ -40,7 +53,10 @@ def open_image(path: str | Path) -> MultiscaleImage:
     ----------
     path : str or Path
         A TIFF / BigTIFF / OME-TIFF / SVS / NDPI (or other pyramidal TIFF) file, an OME-Zarr
-        (NGFF 0.4 or 0.5) or plain zarr array/group directory, or a PNG/JPEG file.
+        (NGFF 0.4 or 0.5) or plain zarr array/group directory, or a PNG/JPEG file. Also an fsspec
+        URL of one (``s3://bucket/slides/a.svs``, ``gs://bucket/b.ome.zarr``; the scheme's
+        back-end, e.g. s3fs or gcsfs, must be installed): TIFF tiles are fetched by byte range,
+        zarr chunks through :class:`zarr.storage.FsspecStore`; ``file://`` URLs are local paths.
 
     Returns
     -------
@@ -53,7 +69,7 @@ def open_image(path: str | Path) -> MultiscaleImage:
     ImageNotFoundError
         ``path`` does not exist.
     UnsupportedFormatError
-        The file is none of the formats above.
+        The file is none of the formats above (or the URL's fsspec back-end is not installed).
     CorruptImageError
         The file claims a supported format but its header cannot be decoded.
 
@@ -65,23 +81,49 @@ def open_image(path: str | Path) -> MultiscaleImage:
     >>> img.shape, img.dtype, img.channels, img.pixel_size
     ((661, 892, 3), dtype('uint8'), 3, None)
     """
-    p = Path(path)
+    loc = location(path)
+    if is_url(loc):
+        return _open_url(str(loc))
+    p = Path(loc)
     if not p.exists():
         raise ImageNotFoundError(f"image not found: {p} (check the path and the working directory)")
     if p.is_dir():
         return _open_zarr(p)
     with p.open("rb") as fh:
         head = fh.read(8)
+    return _open_file(p, head)
+
+
+def _open_file(loc: Location, head: bytes) -> MultiscaleImage:
+    """Dispatch a file (local or an object) on its first bytes."""
+    name = basename(loc)
     if head[:4] in _TIFF_MAGIC:
-        return _open_tiff(p)
+        return _open_tiff(loc)
     for magic, kind in _PIL_MAGIC.items():
         if head.startswith(magic):
-            return _open_pil(p, kind)
-    if p.suffix.lower() in (".tif", ".tiff", ".svs", ".ndpi", ".png", ".jpg", ".jpeg", ".btf", ".scn"):
-        raise CorruptImageError(f"{p.name}: the extension says {p.suffix} but the file header {head!r} does not")
+            return _open_pil(loc, kind)
+    suffix = Path(name).suffix
+    if suffix.lower() in (".tif", ".tiff", ".svs", ".ndpi", ".png", ".jpg", ".jpeg", ".btf", ".scn"):
+        raise CorruptImageError(f"{name}: the extension says {suffix} but the file header {head!r} does not")
     raise UnsupportedFormatError(
-        f"{p.name}: not a supported image (TIFF/OME-TIFF/SVS/NDPI, OME-Zarr or zarr directory, PNG, JPEG)"
+        f"{name}: not a supported image (TIFF/OME-TIFF/SVS/NDPI, OME-Zarr or zarr directory, PNG, JPEG)"
     )
+
+
+def _open_url(url: str) -> MultiscaleImage:
+    """An fsspec URL: a zarr store (a prefix with zarr metadata) or one object."""
+    try:
+        fs, path = url_fs(url)
+    except ImportError as exc:
+        raise UnsupportedFormatError(f"{url}: {exc}") from exc
+    try:
+        fs.invalidate_cache(path)
+        info = fs.info(path)
+    except FileNotFoundError as exc:
+        raise ImageNotFoundError(f"image not found: {url} (check the URL: no object or prefix there)") from exc
+    if info.get("type") == "directory":
+        return _open_zarr(url)
+    return _open_file(url, read_head(url, 8))
 
 
 # ------------------------------------------------------------------------------------------- TIFF
@@ -134,29 +176,38 @@ def _ome_xml_pixel_size(xml: str, index: int) -> tuple[float, float] | None:
     return out[0], out[1]
 
 
-def _open_tiff(p: Path) -> MultiscaleImage:
+def _open_tiff(p: Location) -> MultiscaleImage:
     import tifffile
 
+    name = basename(p)
+    remote = is_url(p)
+    version = stamp(p) if remote else ()
     try:
-        with tifffile.TiffFile(p) as tif:
-            if not tif.series:
-                raise CorruptImageError(f"{p.name}: TIFF with no image series")
-            series = tif.series[0]
-            if len(tif.series) > 1:
-                logger.debug("%s: %d series, reading series 0 (%s)", p.name, len(tif.series), series.name)
-            axes = series.axes  # squeezed, as tifffile's zarr view presents them
-            sources, native = [], []
-            for li, level in enumerate(series.levels):
-                amap = AxisMap.from_axes(tuple(axes), tuple(level.shape))
-                sources.append(TiffSource(str(p), 0, li, amap, np.dtype(level.dtype)))
-                kf = level.keyframe
-                native.append((kf.tilelength, kf.tilewidth) if kf.is_tiled else (kf.rowsperstrip, 0))
-            pixel_size = _tiff_pixel_size(tif, series)
-            meta = {"format": "svs" if tif.is_svs else ("ome-tiff" if tif.is_ome else "tiff"), "series": series.name}
+        handle = open_input(str(p)) if remote else None
+        try:
+            with tifffile.TiffFile(handle if handle is not None else p) as tif:
+                if not tif.series:
+                    raise CorruptImageError(f"{name}: TIFF with no image series")
+                series = tif.series[0]
+                if len(tif.series) > 1:
+                    logger.debug("%s: %d series, reading series 0 (%s)", name, len(tif.series), series.name)
+                axes = series.axes  # squeezed, as tifffile's zarr view presents them
+                sources, native = [], []
+                for li, level in enumerate(series.levels):
+                    amap = AxisMap.from_axes(tuple(axes), tuple(level.shape))
+                    sources.append(TiffSource(str(p), 0, li, amap, np.dtype(level.dtype), version))
+                    kf = level.keyframe
+                    native.append((kf.tilelength, kf.tilewidth) if kf.is_tiled else (kf.rowsperstrip, 0))
+                pixel_size = _tiff_pixel_size(tif, series)
+                kind = "svs" if tif.is_svs else ("ome-tiff" if tif.is_ome else "tiff")
+                meta = {"format": kind, "series": series.name}
+        finally:
+            if handle is not None:
+                handle.close()
     except CorruptImageError:
         raise
     except (tifffile.TiffFileError, ValueError, OSError, IndexError, KeyError, struct.error) as exc:
-        raise CorruptImageError(f"{p.name}: cannot decode TIFF header: {exc}") from exc
+        raise CorruptImageError(f"{name}: cannot decode TIFF header: {exc}") from exc
     return MultiscaleImage(p, sources, pixel_size=pixel_size, native_chunks=native, metadata=meta)
 
 
@@ -204,18 +255,34 @@ def _ngff_pixel_size(ms: dict[str, Any], axes: list[dict[str, Any]]) -> tuple[fl
     return out[0], out[1]
 
 
-def _open_zarr(p: Path) -> MultiscaleImage:
+def _zarr_version(p: Location) -> tuple[Any, ...]:
+    """Stamp of a remote store's root metadata (its identity in dask tokens); ``()`` locally."""
+    if not is_url(p):
+        return ()
+    for meta in ("zarr.json", ".zgroup", ".zarray"):
+        try:
+            return stamp(join(p, meta))
+        except FileNotFoundError:
+            continue
+    return ()
+
+
+def _open_zarr(p: Location) -> MultiscaleImage:
     import zarr
 
+    name = basename(p)
     try:
         node = zarr.open(store=str(p), mode="r")
     except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
-        if not any((p / n).exists() for n in ("zarr.json", ".zgroup", ".zarray")):
-            raise UnsupportedFormatError(f"{p.name}: a directory but not a zarr store (no zarr.json/.zgroup/.zarray)") from exc
-        raise CorruptImageError(f"{p.name}: cannot open zarr store: {exc}") from exc
+        if not any(exists(join(p, n)) for n in ("zarr.json", ".zgroup", ".zarray")):
+            raise UnsupportedFormatError(
+                f"{name}: a directory but not a zarr store (no zarr.json/.zgroup/.zarray)"
+            ) from exc
+        raise CorruptImageError(f"{name}: cannot open zarr store: {exc}") from exc
+    version = _zarr_version(p)
     if isinstance(node, zarr.Array):
         amap = AxisMap.from_axes(_guess_axes(node.shape, dict(node.attrs)), node.shape)
-        src = ZarrSource(str(p), "", amap, np.dtype(node.dtype))
+        src = ZarrSource(str(p), "", amap, np.dtype(node.dtype), version)
         return MultiscaleImage(p, [src], native_chunks=[node.chunks], metadata={"format": "zarr"})
     attrs = dict(node.attrs)
     multiscales, version = _ngff_multiscales(attrs)
@@ -234,7 +301,7 @@ def _open_zarr(p: Path) -> MultiscaleImage:
     else:
         members = [(k, a) for k, a in node.arrays()]
         if not members:
-            raise UnsupportedFormatError(f"{p.name}: zarr group without arrays or NGFF multiscales metadata")
+            raise UnsupportedFormatError(f"{name}: zarr group without arrays or NGFF multiscales metadata")
         members.sort(key=lambda kv: -int(np.prod(kv[1].shape)))
         ndim = members[0][1].ndim
         members = [kv for kv in members if kv[1].ndim == ndim]
@@ -246,7 +313,7 @@ def _open_zarr(p: Path) -> MultiscaleImage:
     sources = []
     for path, arr in zip(paths, arrays, strict=True):
         amap = AxisMap.from_axes(names, arr.shape)
-        sources.append(ZarrSource(str(p), str(path), amap, np.dtype(arr.dtype)))
+        sources.append(ZarrSource(str(p), str(path), amap, np.dtype(arr.dtype), version))
     native = []
     for src, arr in zip(sources, arrays, strict=True):
         chunks = arr.chunks if getattr(arr, "shards", None) is None else arr.shards
@@ -257,15 +324,18 @@ def _open_zarr(p: Path) -> MultiscaleImage:
 # --------------------------------------------------------------------------------------- PNG/JPEG
 
 
-def _open_pil(p: Path, kind: str) -> MultiscaleImage:
+def _open_pil(p: Location, kind: str) -> MultiscaleImage:
     from PIL import Image, UnidentifiedImageError
 
+    remote = is_url(p)
     try:
-        with Image.open(p) as im:
+        with contextlib.ExitStack() as stack:
+            fh = stack.enter_context(open_input(str(p))) if remote else p
+            im = stack.enter_context(Image.open(fh))
             _, channels, dtype = pil_mode_plan(im.mode)
             w, h = im.size
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise CorruptImageError(f"{p.name}: cannot decode {kind} header: {exc}") from exc
+        raise CorruptImageError(f"{basename(p)}: cannot decode {kind} header: {exc}") from exc
     shape = (h, w) if channels == 1 else (h, w, channels)
-    return MultiscaleImage(p, [PILSource(str(p), shape, dtype)], metadata={"format": kind.lower()})
-
+    source = PILSource(str(p), shape, dtype, stamp(p) if remote else ())
+    return MultiscaleImage(p, [source], metadata={"format": kind.lower()})

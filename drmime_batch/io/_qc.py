@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import numpy as np
 
 from drmime_batch.core._convention import matrix_to_level
 from drmime_batch.io._atomic import staging
+from drmime_batch.io._fs import is_url, join, write_bytes
 from drmime_batch.io._multiscale import MultiscaleImage
 from drmime_batch.io._warp import resample_window
 from drmime_batch.io._writers import _pair_dir
@@ -62,10 +64,13 @@ def qc_panels(fixed: MultiscaleImage, moving: MultiscaleImage, matrix: Any) -> d
     return {"fixed": f, "moving": mv, "registered": reg, "overlay (fixed magenta, registered green)": overlay}
 
 
-def write_qc(out: str | Path, pair_id: str, fixed: MultiscaleImage, moving: MultiscaleImage, matrix: Any) -> Path:
+def write_qc(
+    out: str | Path, pair_id: str, fixed: MultiscaleImage, moving: MultiscaleImage, matrix: Any
+) -> Path | str:
     """Write ``OUT/<pair_id>/qc.png``, a 2x2 grid of labelled thumbnails, atomically.
 
-    Returns the path written.
+    Returns the path written (a URL string when ``out`` is an fsspec URL: one PUT of the whole
+    picture there).
     """
     from PIL import Image, ImageDraw
 
@@ -80,7 +85,13 @@ def write_qc(out: str | Path, pair_id: str, fixed: MultiscaleImage, moving: Mult
         y = pad + (k // 2) * (cell_h + label_h + pad)
         draw.text((x, y), label, fill="black")
         canvas.paste(Image.fromarray(img), (x, y + label_h))
-    final = _pair_dir(out, pair_id) / "qc.png"
+    final = join(_pair_dir(out, pair_id), "qc.png")
+    if is_url(final):
+        buffer = io.BytesIO()
+        canvas.save(buffer, format="PNG")
+        write_bytes(final, buffer.getvalue())
+        return str(final)
+    final = Path(final)
     with staging(final) as tmp:
         canvas.save(tmp, format="PNG")
         os.replace(tmp, final)

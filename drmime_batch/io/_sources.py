@@ -6,6 +6,11 @@ reads** (a dask worker, a thread of the local scheduler) and keeps the handle in
 per-process cache. That is what lets dask graphs of TIFF levels travel to distributed workers:
 tifffile's zarr stores hold open file handles and do not pickle, a path does.
 
+The path may be an fsspec URL (``s3://...``): it stays a string, TIFF tiles are then read by byte
+range through an fsspec file handle, zarr chunks through zarr's ``FsspecStore``. A remote source
+also carries the object's version stamp taken when the image was opened (an ETag and a size): it
+keys the per-process cache and the dask token instead of a ``stat`` per read.
+
 Every source returns pixels in the library's axis order ``(y, x[, c])`` whatever the file's own
 order is (``CYX``, ``TCZYX``, ``YXS``, ...): other axes are read at index 0.
 """
@@ -13,6 +18,7 @@ order is (``CYX``, ``TCZYX``, ``YXS``, ...): other axes are read at index 0.
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import os
 import threading
@@ -23,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from drmime_batch.errors import CorruptImageError
+from drmime_batch.io._fs import basename, is_url, open_input, read_bytes
 
 __all__ = ["AxisMap", "LevelSource", "PILSource", "TiffSource", "ZarrSource"]
 
@@ -120,6 +127,7 @@ class LevelSource:
     path: str
     shape: tuple[int, ...]
     dtype: np.dtype
+    stamp: tuple[Any, ...]
 
     @property
     def ndim(self) -> int:
@@ -138,10 +146,13 @@ class LevelSource:
             raise CorruptImageError(f"cannot read pixels of {self.path}: {exc}") from exc
         return np.asarray(out, dtype=self.dtype)
 
+    def _version(self) -> tuple[Any, ...]:
+        """The file's stamp now (local), or the object's stamp when it was opened (URL)."""
+        return self.stamp if is_url(self.path) else _stamp(self.path)
+
     def __dask_tokenize__(self) -> tuple[Any, ...]:
         try:
-            stat = os.stat(self.path)
-            stamp: tuple[Any, ...] = (stat.st_mtime_ns, stat.st_size)
+            stamp: tuple[Any, ...] = self._version()
         except OSError:
             stamp = ()
         return (type(self).__name__, self.path, *stamp, *self._token_extra())
@@ -154,17 +165,17 @@ class LevelSource:
 
 
 @functools.lru_cache(maxsize=16)
-def _open_tiff_levels(path: str, stamp: tuple[int, int], series: int) -> Any:
+def _open_tiff_levels(path: str, stamp: tuple[Any, ...], series: int) -> Any:
     import tifffile
     import zarr
 
-    tif = tifffile.TiffFile(path)
+    tif = tifffile.TiffFile(open_input(path) if is_url(path) else path)
     store = tif.series[series].aszarr(multiscales=True)
     group = zarr.open_group(store=store, mode="r", zarr_format=2)
     return tif, group  # the TiffFile stays alive (and open) as long as the cache entry
 
 
-def _stamp(path: str) -> tuple[int, int]:
+def _stamp(path: str) -> tuple[Any, ...]:
     stat = os.stat(path)
     return stat.st_mtime_ns, stat.st_size
 
@@ -178,13 +189,14 @@ class TiffSource(LevelSource):
     level: int
     axis_map: AxisMap
     dtype: np.dtype
+    stamp: tuple[Any, ...] = ()
     shape: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", self.axis_map.out_shape)
 
     def _read(self, key: tuple[slice, ...]) -> np.ndarray:
-        _, group = _open_tiff_levels(self.path, _stamp(self.path), self.series)
+        _, group = _open_tiff_levels(self.path, self._version(), self.series)
         sel, order = self.axis_map.selection(key)
         data = group[str(self.level)][sel]
         return np.transpose(data, order)
@@ -193,7 +205,7 @@ class TiffSource(LevelSource):
         return (self.series, self.level)
 
     def __repr__(self) -> str:
-        return f"TiffSource({Path(self.path).name!r}, series={self.series}, level={self.level}, shape={self.shape})"
+        return f"TiffSource({basename(self.path)!r}, series={self.series}, level={self.level}, shape={self.shape})"
 
 
 # --------------------------------------------------------------------------------------------- zarr
@@ -214,6 +226,7 @@ class ZarrSource(LevelSource):
     component: str
     axis_map: AxisMap
     dtype: np.dtype
+    stamp: tuple[Any, ...] = ()
     shape: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -225,6 +238,8 @@ class ZarrSource(LevelSource):
         return np.transpose(arr[sel], order)
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
+        if is_url(self.path):  # the root metadata's stamp when the store was opened
+            return ("ZarrSource", self.path, self.component, *self.stamp)
         # a zarr store is a directory: its mtime says little, so identity comes from the metadata
         meta = Path(self.path, self.component, "zarr.json")
         if not meta.exists():
@@ -236,7 +251,7 @@ class ZarrSource(LevelSource):
         return ("ZarrSource", self.path, self.component, *stamp)
 
     def __repr__(self) -> str:
-        return f"ZarrSource({Path(self.path).name!r}, component={self.component!r}, shape={self.shape})"
+        return f"ZarrSource({basename(self.path)!r}, component={self.component!r}, shape={self.shape})"
 
 
 # ---------------------------------------------------------------------------------------- PNG/JPEG
@@ -262,10 +277,10 @@ def pil_mode_plan(mode: str) -> tuple[str | None, int, np.dtype]:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_pil(path: str, stamp: tuple[int, int]) -> np.ndarray:
+def _load_pil(path: str, stamp: tuple[Any, ...]) -> np.ndarray:
     from PIL import Image
 
-    with _PIL_LOCK, Image.open(path) as im:
+    with _PIL_LOCK, Image.open(io.BytesIO(read_bytes(path)) if is_url(path) else path) as im:
         convert, _, dtype = pil_mode_plan(im.mode)
         if convert is not None:
             im = im.convert(convert)
@@ -283,9 +298,10 @@ class PILSource(LevelSource):
     path: str
     shape: tuple[int, ...]
     dtype: np.dtype
+    stamp: tuple[Any, ...] = ()
 
     def _read(self, key: tuple[slice, ...]) -> np.ndarray:
-        return _load_pil(self.path, _stamp(self.path))[key]
+        return _load_pil(self.path, self._version())[key]
 
     def __repr__(self) -> str:
-        return f"PILSource({Path(self.path).name!r}, shape={self.shape})"
+        return f"PILSource({basename(self.path)!r}, shape={self.shape})"

@@ -29,6 +29,16 @@ Completion marker
     clears the marker and deletes the previous attempt's registered image and QC picture, and
     ``write_registered`` records which transform it was made for, so a retry never mixes old and
     new outputs.
+
+Object stores
+    ``OUT`` may be an fsspec URL (``s3://bucket/out.zarr``); zarr writes through its
+    ``FsspecStore``. Object stores cannot rename, so there each output is written in place
+    (after the marker entry that named the old one is cleared and the old objects deleted) and
+    the marker alone tells a finished output from an interrupted one: an interrupted remote
+    write can leave a partial ``transform`` or ``registered`` behind, which
+    :func:`pair_is_complete` never reports complete and the next write of the pair deletes.
+    The QC picture is one PUT (whole or absent); an OME-TIFF is written to a local temporary
+    file, then uploaded in one piece.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ import numpy as np
 from drmime_batch.core._convention import matrix_to_physical
 from drmime_batch.errors import IncompleteOutputError, OutputStoreError
 from drmime_batch.io._atomic import new_write_id, remove_path, replace_path, staging, sweep_staging
+from drmime_batch.io._fs import Location, basename, exists, is_url, join, location, read_bytes, stamp
 from drmime_batch.io._omezarr import write_ome_tiff, write_ome_zarr
 
 __all__ = ["pair_is_complete", "read_marker", "read_transform", "write_registered", "write_transform"]
@@ -68,22 +79,23 @@ _REGISTERED_PATHS = {"ome-zarr": "registered", "ome-tiff": "registered.ome.tif"}
 # ------------------------------------------------------------------------------------ helpers
 
 
-def _pair_dir(out: str | Path, pair_id: str) -> Path:
+def _pair_dir(out: str | Path, pair_id: str) -> Location:
+    """``OUT/<pair_id>``: a :class:`Path`, or a URL string when ``out`` is an fsspec URL."""
     if not isinstance(pair_id, str) or not _PAIR_ID.match(pair_id):
         raise OutputStoreError(
             f"pair id {pair_id!r} cannot name a zarr node: use letters, digits and . _ + = - "
             "(not starting with a dot or dash, at most 200 characters)"
         )
-    return Path(out) / pair_id
+    return join(location(out), pair_id)
 
 
-def _ensure_groups(root: Path, pair_dir: Path) -> None:
+def _ensure_groups(root: Location, pair_dir: Location) -> None:
     import zarr
 
     for path in (root, pair_dir):
-        if (path / "zarr.json").exists():
+        if exists(join(path, "zarr.json")):
             continue
-        if (path / ".zgroup").exists() or (path / ".zarray").exists():
+        if exists(join(path, ".zgroup")) or exists(join(path, ".zarray")):
             raise OutputStoreError(f"{path} is a zarr v2 node; drmime_batch writes zarr v3 outputs (choose a new OUT)")
         zarr.open_group(store=str(path), mode="a", zarr_format=3)
 
@@ -112,25 +124,25 @@ def _json_safe(value: Any) -> Any:
 
 def read_marker(out: str | Path, pair_id: str) -> dict[str, Any]:
     """The pair's completion marker (``{}`` when the pair group or marker is absent)."""
-    meta = _pair_dir(out, pair_id) / "zarr.json"
+    meta = join(_pair_dir(out, pair_id), "zarr.json")
     try:
-        doc = json.loads(meta.read_text())
+        doc = json.loads(read_bytes(meta))
     except (OSError, ValueError):
         return {}
     marker = doc.get("attributes", {}).get(MARKER_KEY, {})
     return marker if isinstance(marker, dict) else {}
 
 
-def _write_marker(pair_dir: Path, marker: dict[str, Any]) -> None:
+def _write_marker(pair_dir: Location, marker: dict[str, Any]) -> None:
     import zarr
 
     group = zarr.open_group(store=str(pair_dir), mode="a", zarr_format=3)
     group.update_attributes({MARKER_KEY: _json_safe(marker)})
 
 
-def _array_attrs(path: Path) -> dict[str, Any] | None:
+def _array_attrs(path: Location) -> dict[str, Any] | None:
     try:
-        doc = json.loads((path / "zarr.json").read_text())
+        doc = json.loads(read_bytes(join(path, "zarr.json")))
     except (OSError, ValueError):
         return None
     return doc.get("attributes", {})
@@ -217,13 +229,13 @@ def write_transform(
 
     m = _coerce_matrix(matrix)
     pair_dir = _pair_dir(out, pair_id)
-    root = Path(out)
+    root = location(out)
     _ensure_groups(root, pair_dir)
     marker = {"layout": LAYOUT_VERSION, "pair_id": pair_id}
     _write_marker(pair_dir, marker)  # nothing of this pair is complete from here on
     sweep_staging(pair_dir, "transform")
     for stale in ("registered", "registered.ome.tif", "qc.png"):
-        remove_path(pair_dir / stale)
+        remove_path(join(pair_dir, stale))
 
     write_id = new_write_id()
     record: dict[str, Any] = {
@@ -249,7 +261,7 @@ def write_transform(
     record["write_id"] = write_id
     record["written_at"] = datetime.now(timezone.utc).isoformat()
 
-    final = pair_dir / "transform"
+    final = join(pair_dir, "transform")
     with staging(final) as tmp:
         arr = zarr.create_array(
             store=str(tmp), shape=(3, 3), dtype="float64", chunks=(3, 3), compressors=None,
@@ -261,11 +273,11 @@ def write_transform(
     _write_marker(pair_dir, marker)
 
 
-def _transform_ok(pair_dir: Path, marker: dict[str, Any]) -> str | None:
+def _transform_ok(pair_dir: Location, marker: dict[str, Any]) -> str | None:
     entry = marker.get("transform")
     if not isinstance(entry, dict):
         return None
-    attrs = _array_attrs(pair_dir / "transform")
+    attrs = _array_attrs(join(pair_dir, "transform"))
     if attrs is None or attrs.get("write_id") != entry.get("write_id"):
         return None
     return str(entry["write_id"])
@@ -284,7 +296,7 @@ def read_transform(out: str | Path, pair_id: str) -> tuple[np.ndarray, dict[str,
     pair_dir = _pair_dir(out, pair_id)
     if _transform_ok(pair_dir, read_marker(out, pair_id)) is None:
         raise IncompleteOutputError(f"no complete transform for pair {pair_id!r} in {out}")
-    arr = zarr.open_array(store=str(pair_dir / "transform"), mode="r")
+    arr = zarr.open_array(store=str(join(pair_dir, "transform")), mode="r")
     return np.asarray(arr[...], dtype=np.float64), dict(arr.attrs)
 
 
@@ -339,25 +351,31 @@ def write_registered(
 
     write_id = new_write_id()
     own = {MARKER_KEY: {"write_id": write_id, "transform_write_id": transform_id}}
-    final = pair_dir / _REGISTERED_PATHS[format]
-    entry: dict[str, Any] = {"write_id": write_id, "transform_write_id": transform_id, "format": format, "path": final.name}
+    final = join(pair_dir, _REGISTERED_PATHS[format])
+    entry: dict[str, Any] = {"write_id": write_id, "transform_write_id": transform_id, "format": format,
+                             "path": basename(final)}
     if format == "ome-zarr":
         with staging(final) as tmp:
             write_ome_zarr(tmp, data, name=pair_id, pixel_size=pixel_size, labels=labels, attributes=own)
             replace_path(tmp, final)
-        remove_path(pair_dir / _REGISTERED_PATHS["ome-tiff"])
+        remove_path(join(pair_dir, _REGISTERED_PATHS["ome-tiff"]))
     else:
-        scratch_final = pair_dir / "registered"
-        with staging(scratch_final) as scratch, staging(final) as tmp:
+        scratch_final = join(pair_dir, "registered")
+        with staging(scratch_final, in_place=False) as scratch, staging(final) as tmp:
             write_ome_zarr(scratch, data, name=pair_id, pixel_size=pixel_size, labels=labels, attributes=own)
             write_ome_tiff(tmp, scratch, pixel_size=pixel_size)
             replace_path(tmp, final)
             remove_path(scratch)
-        remove_path(pair_dir / _REGISTERED_PATHS["ome-zarr"])
-        stat = final.stat()
-        entry["stat"] = [stat.st_size, stat.st_mtime_ns]
+        remove_path(join(pair_dir, _REGISTERED_PATHS["ome-zarr"]))
+        entry["stat"] = _file_stamp(final)
     marker["registered"] = entry
     _write_marker(pair_dir, marker)
+
+
+def _file_stamp(path: Location) -> list[Any]:
+    """``[size, mtime_ns]`` of a local file, ``[size, etag]`` of an object (raises when absent)."""
+    version, size = stamp(path)
+    return [size, version]
 
 
 def pair_is_complete(out: str | Path, pair_id: str, *, warp: bool = True) -> bool:
@@ -375,15 +393,14 @@ def pair_is_complete(out: str | Path, pair_id: str, *, warp: bool = True) -> boo
     entry = marker.get("registered")
     if not isinstance(entry, dict) or entry.get("transform_write_id") != transform_id:
         return False
-    path = pair_dir / str(entry.get("path", ""))
+    path = join(pair_dir, str(entry.get("path", "")))
     if entry.get("format") == "ome-zarr":
         attrs = _array_attrs(path)
         own = (attrs or {}).get(MARKER_KEY, {})
         return isinstance(own, dict) and own.get("write_id") == entry.get("write_id")
     if entry.get("format") == "ome-tiff":
         try:
-            stat = path.stat()
+            return _file_stamp(path) == entry.get("stat")
         except OSError:
             return False
-        return [stat.st_size, stat.st_mtime_ns] == entry.get("stat")
     return False

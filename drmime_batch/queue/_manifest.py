@@ -7,7 +7,8 @@ Two layouts are accepted:
   ``Target landmarks,Source landmarks`` (target = fixed, source = moving); pair ids are made from
   the file names (``<source stem>-to-<target stem>``), or taken from a ``pair_id`` column if present.
 
-Relative paths resolve against the manifest's folder. Any problem (unreadable file, missing
+Relative paths resolve against the manifest's folder; absolute paths and URLs (``s3://...``,
+``gs://...``, ``file://...``: anything with ``://``) are kept as they are. Any problem (unreadable file, missing
 column, empty cell, duplicate pair id) raises :class:`~drmime_batch.errors.ManifestError` naming the
 line, and nothing is returned.
 """
@@ -42,9 +43,9 @@ class ManifestEntry:
     pair_id : str
         Identifier, unique within a queue; also the pair's group name in the output store.
     fixed, moving : str
-        Absolute image paths (the moving image is registered onto the fixed one).
+        Absolute image paths or URLs (the moving image is registered onto the fixed one).
     fixed_landmarks, moving_landmarks : str or None
-        Absolute paths of ANHIR ``,X,Y`` landmark CSVs, when given.
+        Absolute paths or URLs of ANHIR ``,X,Y`` landmark CSVs, when given.
     line : int
         Line of the manifest the pair came from (1 = header).
     """
@@ -74,6 +75,17 @@ def check_pair_id(pair_id: str) -> str:
 
 
 def _resolve(value: str, base: Path) -> str:
+    """An absolute path, or ``value`` itself when it is a URL (never made a Path: ``s3://b`` would lose a slash).
+
+    Examples
+    --------
+    >>> _resolve("s3://bucket/slides/a.svs", Path("/data"))
+    's3://bucket/slides/a.svs'
+    >>> _resolve("b.tif", Path("/data"))
+    '/data/b.tif'
+    """
+    if "://" in value:
+        return value
     path = Path(value).expanduser()
     if not path.is_absolute():
         path = base / path
@@ -96,7 +108,7 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
     Returns
     -------
     list of ManifestEntry
-        In file order, with absolute paths.
+        In file order, with absolute paths (URLs unchanged).
 
     Raises
     ------

@@ -328,7 +328,9 @@ class Queue:
             raise QueueError(f"duplicate pair ids in submission: {', '.join(dup)}")
         now = time.time()
         opts = json.dumps(dict(options or {}), sort_keys=True)
-        out = str(Path(out).expanduser().resolve())
+        out = str(out)
+        # an fsspec URL (s3://bucket/out.zarr) is stored as given: Path() would collapse its "//"
+        out = out.rstrip("/") if "://" in out else str(Path(out).expanduser().resolve())
         with self._transaction() as conn:
             clash = [
                 pid
