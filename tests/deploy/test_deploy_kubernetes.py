@@ -211,6 +211,7 @@ def test_dockerfile_structure():
     assert any(a.startswith("pyproject.toml") for a in copies)
     runs = " ".join(a for i, a in steps if i == "RUN")
     assert re.search(r"pip install \"?\.(\[[\w,]+\])?\"?", runs), runs
+    assert re.search(r"pip install \"?\.\[[\w,]*\bcloud\b", runs), "the image needs the cloud extra (s3fs, gcsfs)"
     assert instrs.index("COPY") < instrs.index("RUN")
 
     # runs as a non-root user, from after the installs to the end
