@@ -47,7 +47,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     )
     p.add_argument("fixed", metavar="FIXED", help="the fixed (reference) image")
     p.add_argument("moving", metavar="MOVING", help="the moving image, mapped onto FIXED")
-    p.add_argument("--out", metavar="FILE", type=Path, help="write the result record (JSON) to FILE")
+    p.add_argument("--out", metavar="FILE", help="write the result record (JSON) to FILE (a path or an s3://... URL)")
     reg = p.add_argument_group("registration options")
     add_registration_arguments(reg, device_help="device: auto (CUDA when available, default), cpu, cuda")
     p.set_defaults(func=_cmd_register)
@@ -64,10 +64,11 @@ def format_matrix(matrix: np.ndarray) -> list[list[str]]:
     return [[f"{float(v):.6f}" if abs(float(v)) < 1e6 else f"{float(v):.6g}" for v in row] for row in matrix]
 
 
-def write_record(path: Path, record: dict[str, Any]) -> Path:
+def write_record(path: str | Path, record: dict[str, Any]) -> str | Path:
     """Write ``record`` as JSON to ``path`` atomically: a temporary sibling file, then a rename.
 
-    A reader never sees a half-written file; an interrupted write leaves ``path`` as it was.
+    A reader never sees a half-written file; an interrupted write leaves ``path`` as it was. An
+    object-store URL (``s3://...``) is written in one PUT, which is all or nothing as well.
 
     Examples
     --------
@@ -78,12 +79,17 @@ def write_record(path: Path, record: dict[str, Any]) -> Path:
     ([0, 0, 1], ['r.json'])
     """
     from drmime_batch.io._atomic import replace_path, staging
+    from drmime_batch.io._fs import is_url, location, write_bytes
 
-    path = Path(path)
-    with staging(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        replace_path(tmp, path)
-    return path
+    target = location(path) if isinstance(path, str) else Path(path)
+    data = (json.dumps(record, indent=2) + "\n").encode("utf-8")
+    if is_url(target):
+        write_bytes(target, data)
+        return target
+    with staging(target) as tmp:
+        Path(tmp).write_bytes(data)
+        replace_path(tmp, target)
+    return target
 
 
 def _on_file(path: str, role: str, fn: Callable[[], Any]) -> Any:
@@ -98,8 +104,9 @@ def _on_file(path: str, role: str, fn: Callable[[], Any]) -> Any:
         if cause.startswith(f"{name}: "):
             cause = cause[len(name) + 2:]
         raise type(exc)(f"{path}: {cause}") from None
-    except (OSError, ValueError) as exc:  # a reader failing in a way it does not translate itself
-        raise CorruptImageError(f"{path}: cannot read the {role} image: {' '.join(str(exc).split())}") from None
+    except Exception as exc:  # noqa: BLE001 - a reader (or a storage client) failing in its own way
+        text = " ".join(str(exc).split())
+        raise CorruptImageError(f"{path}: cannot read the {role} image: {type(exc).__name__}: {text}") from None
 
 
 def _check_device(device: str) -> None:
@@ -125,8 +132,9 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     options = registration_options(args)
-    max_size = RegistrationConfig.from_dict(options).max_size
-    _check_device(RegistrationConfig.from_dict(options).device)
+    config = RegistrationConfig.from_dict(options)  # checked already: the defaults filled in
+    _check_device(config.device)
+    max_size = config.max_size
     console = make_console()
 
     images = {}

@@ -79,3 +79,21 @@ def test_register_bad_images_are_one_line_naming_them(tmp_path):
     proc = cli("register", FIXED, MOVING, "--transform", "spline", "--out", out, check=1)
     assert "spline" in _one_error_line(proc.stderr)
     assert not out.exists()
+
+
+def test_register_reads_and_writes_s3(tmp_path):
+    from _s3_support import moto_s3
+
+    with moto_s3() as s3:
+        fixed, moving = s3.upload(FIXED, "slides/fixed.jpg"), s3.upload(MOVING, "slides/moving.jpg")
+        out = s3.url("results/pair.json")
+        proc = cli("register", fixed, moving, *QUICK, "--max-iterations", "20", "--out", out, env=s3.env,
+                   timeout=120)
+        assert "final MI" in proc.stdout
+        result = RegistrationResult.from_json(s3.fs.cat_file(f"{s3.bucket}/results/pair.json").decode())
+        assert np.asarray(result.matrix).shape == (3, 3) and tuple(result.fixed_shape[:2]) == (661, 892)
+        assert s3.keys("results") == ["results/pair.json"]  # one object, written whole
+
+        missing = s3.url("slides/no-such.jpg")
+        proc = cli("register", fixed, missing, *QUICK, env=s3.env, check=1)
+        assert missing in _one_error_line(proc.stderr)
