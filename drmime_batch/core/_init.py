@@ -28,9 +28,9 @@ class Initialisation:
     matrix: torch.Tensor
     angle: float
     flip: bool
-    score: float
+    score: float | None  # None when there was a single candidate and nothing was scored
 
-    def to_dict(self) -> dict[str, float | bool]:
+    def to_dict(self) -> dict[str, float | bool | None]:
         return {"angle_deg": self.angle, "flip": self.flip, "score": self.score}
 
 
@@ -246,7 +246,7 @@ def search_initialisation(
     candidates = _candidates(com_f, com_m, angles=angles, flip=flip, rotate=rotate)
     if len(candidates) == 1:
         angle, mirrored, m = candidates[0]
-        return Initialisation(matrix=m, angle=angle, flip=mirrored, score=float("nan"))
+        return Initialisation(matrix=m, angle=angle, flip=mirrored, score=None)
     stack = torch.stack([c[2] for c in candidates])
     scores = sum(
         _scores(f, m, stack, ff, mf, bins)

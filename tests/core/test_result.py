@@ -65,8 +65,6 @@ def test_result_of_a_real_registration_round_trips():
     json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the JSON record"))  # strict JSON
 
 
-@pytest.mark.xfail(strict=True, reason="init='none'/'moments' records an init score of NaN: to_json writes "
-                                       "the non-JSON token NaN and the reloaded record is != the original")
 def test_result_without_init_search_round_trips():
     res = _quick_result(init="none")
     text = res.to_json()
