@@ -21,6 +21,7 @@ __all__ = [
     "QueueError",
     "QueueLockedError",
     "RegistrationDivergedError",
+    "StorageAccessError",
     "UnsupportedFormatError",
 ]
 
@@ -35,6 +36,10 @@ class InputImageError(DrmimeError, ValueError):
 
 class ImageNotFoundError(DrmimeError, FileNotFoundError):
     """An image path does not exist."""
+
+
+class StorageAccessError(DrmimeError, OSError):
+    """An object store refused or failed a request (credentials, permissions, network)."""
 
 
 class UnsupportedFormatError(DrmimeError, ValueError):

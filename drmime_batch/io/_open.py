@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from drmime_batch.errors import CorruptImageError, ImageNotFoundError, UnsupportedFormatError
+from drmime_batch.errors import CorruptImageError, ImageNotFoundError, StorageAccessError, UnsupportedFormatError
 from drmime_batch.io._fs import (
     Location,
     basename,
@@ -121,6 +121,9 @@ def _open_url(url: str) -> MultiscaleImage:
         info = fs.info(path)
     except FileNotFoundError as exc:
         raise ImageNotFoundError(f"image not found: {url} (check the URL: no object or prefix there)") from exc
+    except Exception as exc:  # noqa: BLE001 - each storage client fails in its own way (credentials, network)
+        cause = " ".join(str(exc).split()) or "no details"
+        raise StorageAccessError(f"{url}: the object store refused access: {type(exc).__name__}: {cause}") from exc
     if info.get("type") == "directory":
         return _open_zarr(url)
     return _open_file(url, read_head(url, 8))

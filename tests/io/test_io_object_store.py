@@ -279,3 +279,23 @@ def test_remote_retry_clears_old_outputs(s3: S3, small_tiff: tuple[Path, str]) -
     keys = s3.keys("retry.zarr/p")
     assert not [k for k in keys if "/registered" in k or k.endswith("qc.png")], keys
     np.testing.assert_array_equal(read_transform(out, "p")[0], np.eye(3))
+
+
+
+def test_refused_access_is_one_line_naming_the_url(s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from drmime_batch.errors import StorageAccessError
+
+    png = tmp_path / "small.png"
+    Image.fromarray(slide(40, 50, 3)).save(png)
+    url = s3.upload(png, "slides/small.png")
+    # no credentials anywhere (variables, files, instance metadata): botocore refuses to sign
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    s3fs.S3FileSystem.clear_instance_cache()
+    with pytest.raises(StorageAccessError) as info:
+        open_image(url)
+    message = str(info.value)
+    assert message.startswith(f"{url}: the object store refused access: ") and "\n" not in message
