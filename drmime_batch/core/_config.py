@@ -46,7 +46,8 @@ class RegistrationConfig:
         Learning-rate drops (by ``lr_factor``) before stopping: the plateau rule.
     lr_transform, lr_mine, lr_fine : float
         Adam learning rates of the shared transform parameters, of the statistics network and of
-        the finest level's correction (0 disables the correction).
+        the finest level's correction (0, the default, disables it: on the lung-lesion-3 pairs it
+        made the median landmark error worse, see ``benchmarks/RESULTS.md``).
     hidden : int
         Width of the statistics network.
     mine_ema : float
