@@ -82,6 +82,17 @@ def _candidates(
     return out
 
 
+def _pixel_points(image: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Homogeneous pixel coordinates ``(x, y, 1)`` of every pixel of ``image`` (C, H, W) → (3, H*W)."""
+    _, h, w = image.shape
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=dtype, device=image.device),
+        torch.arange(w, dtype=dtype, device=image.device),
+        indexing="ij",
+    )
+    return torch.stack([xs.ravel(), ys.ravel(), torch.ones_like(xs.ravel())])
+
+
 def _scores(
     fixed: torch.Tensor,
     moving: torch.Tensor,
@@ -94,12 +105,7 @@ def _scores(
     dtype = stack.dtype
     _, hf, wf = fixed.shape
     _, hm, wm = moving.shape
-    ys, xs = torch.meshgrid(
-        torch.arange(hf, dtype=dtype, device=fixed.device),
-        torch.arange(wf, dtype=dtype, device=fixed.device),
-        indexing="ij",
-    )
-    pts = torch.stack([xs.ravel(), ys.ravel(), torch.ones_like(xs.ravel())])
+    pts = _pixel_points(fixed, dtype)
     to_grid = torch.tensor(
         [[2.0 / wm, 0.0, 1.0 / wm - 1.0], [0.0, 2.0 / hm, 1.0 / hm - 1.0], [0.0, 0.0, 1.0]],
         dtype=dtype,
@@ -154,14 +160,8 @@ def _refine(
     from drmime_batch.core._bases import basis
 
     dtype = stack.dtype
-    _, hf, wf = fixed.shape
     _, hm, wm = moving.shape
-    ys, xs = torch.meshgrid(
-        torch.arange(hf, dtype=dtype, device=fixed.device),
-        torch.arange(wf, dtype=dtype, device=fixed.device),
-        indexing="ij",
-    )
-    pts = fixed_to_frame @ torch.stack([xs.ravel(), ys.ravel(), torch.ones_like(xs.ravel())])
+    pts = fixed_to_frame @ _pixel_points(fixed, dtype)
     to_grid = torch.tensor(
         [[2.0 / wm, 0.0, 1.0 / wm - 1.0], [0.0, 2.0 / hm, 1.0 / hm - 1.0], [0.0, 0.0, 1.0]],
         dtype=dtype,
