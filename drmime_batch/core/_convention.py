@@ -151,6 +151,21 @@ def normalised_frame_matrix(shape: Sequence[int], scale: float) -> np.ndarray:
     return np.array([[1 / scale, 0.0, -cx / scale], [0.0, 1 / scale, -cy / scale], [0.0, 0.0, 1.0]])
 
 
+def grid_sample_matrix(shape: Sequence[int]) -> np.ndarray:
+    """Matrix taking pixel coordinates of an ``(H, W)`` image to ``grid_sample`` coordinates.
+
+    ``torch.nn.functional.grid_sample`` with ``align_corners=False`` addresses the image by
+    ``[-1, 1]`` across its outer pixel edges: pixel centre ``x`` sits at ``(2 x + 1) / W - 1``.
+
+    Examples
+    --------
+    >>> grid_sample_matrix((4, 8)) @ np.array([-0.5, 3.5, 1.0])  # left edge, bottom edge
+    array([-1.,  1.,  1.])
+    """
+    h, w = int(shape[0]), int(shape[1])
+    return np.array([[2.0 / w, 0.0, 1.0 / w - 1.0], [0.0, 2.0 / h, 1.0 / h - 1.0], [0.0, 0.0, 1.0]])
+
+
 def apply_matrix(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Map ``(N, 2)`` points ``(x, y)`` through a 3x3 matrix (with the projective divide).
 

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from drmime_batch.core._convention import grid_sample_matrix
 from drmime_batch.core._pyramid import tissue_weight
 
 __all__ = ["Initialisation", "centre_of_mass", "search_initialisation"]
@@ -104,13 +105,9 @@ def _scores(
     """Joint-histogram MI of the fixed image against each candidate's warped moving image."""
     dtype = stack.dtype
     _, hf, wf = fixed.shape
-    _, hm, wm = moving.shape
     pts = _pixel_points(fixed, dtype)
-    to_grid = torch.tensor(
-        [[2.0 / wm, 0.0, 1.0 / wm - 1.0], [0.0, 2.0 / hm, 1.0 / hm - 1.0], [0.0, 0.0, 1.0]],
-        dtype=dtype,
-        device=fixed.device,
-    ) @ torch.linalg.inv(moving_to_frame)
+    to_grid = torch.as_tensor(grid_sample_matrix(moving.shape[1:]), dtype=dtype, device=fixed.device)
+    to_grid = to_grid @ torch.linalg.inv(moving_to_frame)  # frame -> moving grid_sample coordinates
     mapped = to_grid @ stack @ (fixed_to_frame @ pts)
     n = stack.shape[0]
     grid = (mapped[:, :2] / mapped[:, 2:3]).transpose(1, 2).reshape(n, hf, wf, 2)
@@ -160,13 +157,9 @@ def _refine(
     from drmime_batch.core._bases import basis
 
     dtype = stack.dtype
-    _, hm, wm = moving.shape
     pts = fixed_to_frame @ _pixel_points(fixed, dtype)
-    to_grid = torch.tensor(
-        [[2.0 / wm, 0.0, 1.0 / wm - 1.0], [0.0, 2.0 / hm, 1.0 / hm - 1.0], [0.0, 0.0, 1.0]],
-        dtype=dtype,
-        device=fixed.device,
-    ) @ torch.linalg.inv(moving_to_frame)
+    to_grid = torch.as_tensor(grid_sample_matrix(moving.shape[1:]), dtype=dtype, device=fixed.device)
+    to_grid = to_grid @ torch.linalg.inv(moving_to_frame)  # frame -> moving grid_sample coordinates
     gray_f = fixed.mean(0).ravel()
     gray_f = (gray_f - gray_f.min()) / (gray_f.max() - gray_f.min()).clamp_min(1e-6)
     gray_m = moving.mean(0, keepdim=True)

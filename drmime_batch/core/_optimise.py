@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from drmime_batch.core._bases import basis, exp_transform
 from drmime_batch.core._config import RegistrationConfig
-from drmime_batch.core._convention import level_to_full_matrix, normalised_frame_matrix
+from drmime_batch.core._convention import grid_sample_matrix, level_to_full_matrix, normalised_frame_matrix
 from drmime_batch.core._init import search_initialisation
 from drmime_batch.core._metrics import METRICS
 from drmime_batch.core._mine import StatisticsNetwork
@@ -61,12 +61,6 @@ class OptimisationOutcome:
 
 def _t(m: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(np.asarray(m, dtype=np.float64), device=device)
-
-
-def _grid_matrix(shape: tuple[int, int], device: torch.device) -> torch.Tensor:
-    """Pixel coordinates of a level → grid_sample coordinates (align_corners=False)."""
-    h, w = shape
-    return _t([[2.0 / w, 0.0, 1.0 / w - 1.0], [0.0, 2.0 / h, 1.0 / h - 1.0], [0, 0, 1.0]], device)
 
 
 def _downsample(shape_full: tuple[int, int], shape_level: tuple[int, int]) -> tuple[float, float]:
@@ -157,8 +151,8 @@ def optimise(
         to_full = _t(level_to_full_matrix(float(2**lvl)), device)
         f_to_frame.append(frame_f @ to_full)
         m_to_frame.append(frame_m @ to_full)
-        frame_to_grid_f.append(_grid_matrix(tuple(lf.shape[1:]), device) @ torch.linalg.inv(f_to_frame[-1]))
-        frame_to_grid_m.append(_grid_matrix(tuple(lm.shape[1:]), device) @ torch.linalg.inv(m_to_frame[-1]))
+        frame_to_grid_f.append(_t(grid_sample_matrix(lf.shape[1:]), device) @ torch.linalg.inv(f_to_frame[-1]))
+        frame_to_grid_m.append(_t(grid_sample_matrix(lm.shape[1:]), device) @ torch.linalg.inv(m_to_frame[-1]))
 
     # Coarse initialisation on small, lightly blurred copies of the finest level.
     smalls = [(_shrink(fixed, size), _shrink(moving, size)) for size in _INIT_SIZES]
