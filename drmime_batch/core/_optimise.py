@@ -103,7 +103,7 @@ def _sample_pairs(
 
 def _sample_values(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Bilinear values of ``image`` (C, H, W) at grid coordinates (N, 2) → (N, C)."""
-    out = F.grid_sample(image.unsqueeze(0), grid.view(1, 1, -1, 2), mode="bilinear", align_corners=False)
+    out = F.grid_sample(image.unsqueeze(0), grid.view(1, 1, -1, 2), mode="bilinear", padding_mode="border", align_corners=False)
     return out.view(image.shape[0], -1).T
 
 
