@@ -1,4 +1,4 @@
-"""The DRMIME maths on torch tensors: transforms, MINE, pyramids, initialisation, optimisation.
+"""The DRMIME maths on torch tensors: transforms, MINE, pyramids, tissue masks, initialisation, optimisation.
 
 No files, no dask, no console here; see :mod:`drmime_batch.core._convention` for the one
 coordinate convention every other layer follows.
@@ -17,6 +17,7 @@ from drmime_batch.core._convention import (
     matrix_to_physical,
     normalised_frame_matrix,
 )
+from drmime_batch.core._mask import mask_fraction, resize_mask, tissue_mask
 from drmime_batch.core._metrics import METRICS, ncc, negative_mse, parzen_mi
 from drmime_batch.core._mine import StatisticsNetwork, dv_bound
 from drmime_batch.core._optimise import optimise, resolve_device
@@ -36,6 +37,7 @@ __all__ = [
     "exp_transform",
     "gaussian_pyramid",
     "level_to_full_matrix",
+    "mask_fraction",
     "matrix_from_level",
     "matrix_from_physical",
     "matrix_to_level",
@@ -45,6 +47,8 @@ __all__ = [
     "normalised_frame_matrix",
     "optimise",
     "parzen_mi",
+    "resize_mask",
     "resolve_device",
     "sampling_weights",
+    "tissue_mask",
 ]
