@@ -77,6 +77,81 @@ def _to_tensor(arr: np.ndarray, max_size: int) -> tuple[torch.Tensor, tuple[floa
     return small, (w / size[1], h / size[0])
 
 
+#: Below this tissue fraction an automatic mask counts as "no tissue found" (whole image used).
+_MIN_TISSUE_FRACTION = 0.005
+#: Crop to the tissue only when its box (with margin) covers less than this share of the image.
+_CROP_BELOW = 0.6
+
+
+def _user_mask(mask: Any, shape: tuple[int, int], name: str) -> np.ndarray:
+    """A user mask (non-zero = tissue) as a boolean array of the image's (H, W)."""
+    from drmime_batch.core._mask import resize_mask
+
+    try:
+        arr = np.asarray(mask)
+    except Exception as exc:  # pragma: no cover - exotic array-likes
+        raise InputImageError(f"{name} mask cannot be read as an array: {exc}") from exc
+    if arr.ndim not in (2, 3) or arr.size == 0:
+        raise InputImageError(f"{name} mask must be a 2-D (H, W) or 3-D (H, W, C) image, got shape {arr.shape}")
+    h, w = shape
+    mh, mw = arr.shape[:2]
+    # A mask may come from a lower pyramid level: same aspect ratio (to 2 %), any size.
+    if abs((mw / mh) / (w / h) - 1.0) > 0.02:
+        raise InputImageError(
+            f"{name} mask has shape {arr.shape[:2]}, which does not match the image's {shape} "
+            "(nor its aspect ratio, for a lower-resolution mask)"
+        )
+    out = resize_mask(arr, shape)
+    if not out.any():
+        raise InputImageError(f"{name} mask covers no pixel: nothing to register")
+    return out
+
+
+def _mask_for(user: Any, image: np.ndarray, name: str, cfg: RegistrationConfig) -> tuple[np.ndarray | None, dict]:
+    """The tissue mask of one image and the record of where it came from."""
+    from drmime_batch.core._mask import tissue_mask
+
+    shape = image.shape[:2]
+    if user is not None:
+        m = _user_mask(user, shape, name)
+        return m, {"source": "user", "fraction": float(m.mean())}
+    if cfg.mask == "none":
+        return None, {"source": "none"}
+    m = tissue_mask(image)
+    fraction = float(m.mean())
+    if fraction < _MIN_TISSUE_FRACTION:
+        # Documented fall back: a blank-looking image still registers, on the whole frame.
+        return None, {"source": "auto", "fraction": fraction, "fallback": "no tissue found: the whole image is used"}
+    return m, {"source": "auto", "fraction": fraction}
+
+
+def _tissue_box(mask: np.ndarray | None) -> tuple[int, int, int, int] | None:
+    """``(y0, y1, x0, x1)`` of the tissue with a margin, or None when cropping would gain little."""
+    if mask is None:
+        return None
+    h, w = mask.shape
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    margin = int(0.1 * max(rows[-1] - rows[0], cols[-1] - cols[0])) + 8
+    y0, y1 = max(0, rows[0] - margin), min(h, rows[-1] + 1 + margin)
+    x0, x1 = max(0, cols[0] - margin), min(w, cols[-1] + 1 + margin)
+    if (y1 - y0) * (x1 - x0) >= _CROP_BELOW * h * w or min(y1 - y0, x1 - x0) < 16:
+        return None
+    return int(y0), int(y1), int(x0), int(x1)
+
+
+def _translation(x: float, y: float) -> np.ndarray:
+    return np.array([[1.0, 0.0, x], [0.0, 1.0, y], [0.0, 0.0, 1.0]])
+
+
+def _mask_tensor(mask: np.ndarray | None, shape: tuple[int, int]) -> torch.Tensor | None:
+    """The mask at a tensor's (H, W), as a float tensor (1 = tissue)."""
+    if mask is None:
+        return None
+    from drmime_batch.core._mask import resize_mask
+
+    return torch.from_numpy(resize_mask(mask, tuple(shape)).astype(np.float32))
+
+
 def register(
     fixed: Any,
     moving: Any,
@@ -85,6 +160,8 @@ def register(
     metric: str = "mine",
     config: RegistrationConfig | None = None,
     callback: Callable[[int, float], None] | None = None,
+    fixed_mask: Any = None,
+    moving_mask: Any = None,
     **options: Any,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` with DRMIME (or a baseline similarity).
@@ -102,6 +179,11 @@ def register(
         ``seed=1``, ``max_iterations=200``, ...).
     callback : callable, optional
         ``callback(iteration, similarity)`` every 10 iterations (live progress).
+    fixed_mask, moving_mask : array_like, optional
+        Tissue masks (non-zero = tissue), of the image's size or of a lower resolution with the
+        same aspect ratio. Without them, ``mask="auto"`` (the default) computes them. Masks place
+        the initialisation's centres of mass and crop the registration to the tissue when the
+        tissue is small on a large image (``result.masks`` records what was used).
 
     Returns
     -------
@@ -112,7 +194,8 @@ def register(
     Raises
     ------
     InputImageError
-        (a ``ValueError``) for empty, wrong-rank, all-NaN or constant images.
+        (a ``ValueError``) for empty, wrong-rank, all-NaN or constant images, and for masks of
+        another shape or covering nothing.
     RegistrationDivergedError
         (a ``RuntimeError``) when the optimisation produced a non-finite or degenerate transform.
 
@@ -136,10 +219,39 @@ def register(
     cfg = RegistrationConfig.from_dict(merged)
     f_arr = _coerce_image(fixed, "fixed")
     m_arr = _coerce_image(moving, "moving")
+    f_mask, f_record = _mask_for(fixed_mask, f_arr, "fixed", cfg)
+    m_mask, m_record = _mask_for(moving_mask, m_arr, "moving", cfg)
+    if "fallback" in f_record or "fallback" in m_record:
+        # Centres of mass must mean the same thing in both images: when one image shows no
+        # background to tell tissue from (a view filled with tissue), the other's automatic mask
+        # is not used either.
+        for mask_record in (f_record, m_record):
+            if mask_record["source"] == "auto" and "fallback" not in mask_record:
+                mask_record["fallback"] = "the other image's mask found no tissue: the whole image is used"
+        f_mask = f_mask if f_record["source"] == "user" else None
+        m_mask = m_mask if m_record["source"] == "user" else None
+    # Crop each image to its tissue (when that is small on an image larger than max_size) before
+    # shrinking: a small biopsy on a large slide keeps the resolution it needs. Offsets go back
+    # into the matrix.
+    offsets = []
+    for arr_mask, record in ((f_mask, f_record), (m_mask, m_record)):
+        box = _tissue_box(arr_mask) if arr_mask is not None and max(arr_mask.shape) > cfg.max_size else None
+        record["crop"] = list(box) if box else None
+        offsets.append((box[2], box[0]) if box else (0, 0))
+    if f_record["crop"]:
+        y0, y1, x0, x1 = f_record["crop"]
+        f_arr, f_mask = f_arr[y0:y1, x0:x1], f_mask[y0:y1, x0:x1]
+    if m_record["crop"]:
+        y0, y1, x0, x1 = m_record["crop"]
+        m_arr, m_mask = m_arr[y0:y1, x0:x1], m_mask[y0:y1, x0:x1]
     f_t, f_ds = _to_tensor(f_arr, cfg.max_size)
     m_t, m_ds = _to_tensor(m_arr, cfg.max_size)
-    out = optimise(f_t, m_t, cfg, callback=callback)
+    out = optimise(
+        f_t, m_t, cfg, callback=callback,
+        fixed_mask=_mask_tensor(f_mask, f_t.shape[1:]), moving_mask=_mask_tensor(m_mask, m_t.shape[1:]),
+    )
     matrix = matrix_from_level(out.matrix, fixed_downsample=f_ds, moving_downsample=m_ds)
+    matrix = _translation(*offsets[1]) @ matrix @ _translation(-offsets[0][0], -offsets[0][1])
     return RegistrationResult(
         matrix=matrix,
         transform=cfg.transform,
@@ -156,4 +268,5 @@ def register(
         versions=_versions(),
         fixed_shape=tuple(np.shape(fixed)),
         moving_shape=tuple(np.shape(moving)),
+        masks={"fixed": f_record, "moving": m_record},
     )

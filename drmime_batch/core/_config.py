@@ -64,6 +64,11 @@ class RegistrationConfig:
     symmetric : bool
         Draw half the points in the moving image and map them back through the inverse, which
         cancels the similarity's bias towards shrinking one image onto the other.
+    mask : {"auto", "none"}
+        ``"auto"`` computes a tissue mask of each image (:func:`drmime_batch.core.tissue_mask`) where
+        no mask is given: it places the initialisation's centres of mass, and the registration
+        crops to the tissue (with a margin) before shrinking to ``max_size``, so a small biopsy on a
+        large slide keeps its resolution. ``"none"`` uses the whole images (user masks still apply).
     threads : int or None
         Torch CPU threads (None leaves torch's default).
     """
@@ -92,6 +97,7 @@ class RegistrationConfig:
     init_flip: bool = True
     sampling: str = "uniform"
     symmetric: bool = True
+    mask: str = "auto"
     threads: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -102,6 +108,8 @@ class RegistrationConfig:
             raise ValueError(f"metric must be one of {list(METRIC_NAMES)}, got {self.metric!r}")
         if self.init not in ("search", "moments", "none"):
             raise ValueError(f"init must be 'search', 'moments' or 'none', got {self.init!r}")
+        if self.mask not in ("auto", "none"):
+            raise ValueError(f"mask must be 'auto' or 'none', got {self.mask!r}")
         if self.sampling not in ("edges", "uniform"):
             raise ValueError(f"sampling must be 'edges' or 'uniform', got {self.sampling!r}")
         for name in ("max_size", "levels", "points", "fine_points", "max_iterations", "hidden", "init_angles"):

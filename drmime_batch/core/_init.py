@@ -1,17 +1,23 @@
-"""Coarse initialisation: centre-of-mass alignment plus a rotation (and flip) search.
+"""Coarse initialisation: a start that can only help.
 
 Serial sections arrive rotated by any angle, shifted and sometimes mounted upside down; gradient
 descent on any similarity only finds the nearest local optimum, so DRMIME starts from the best of
-a small exhaustive search at the coarsest level: every candidate rotation (and its mirror image)
-about the tissue's centre of mass, scored by the joint-histogram mutual information of the whole
-fixed image against the warped moving image (outside filled with the moving background colour).
+a few candidates: the identity, the centre-of-mass alignment, and the best rotations (and mirror
+images) about the tissue's centre of mass from an exhaustive grid scored by joint-histogram mutual
+information at tens of pixels. Each candidate is polished by a short similarity-transform ascent,
+then all are compared by one score (:func:`comparable_score`: the whole fixed image against the
+warped moving image, outside filled with the moving background colour, over a few scales).
+
+Near-symmetric tissue (round cores, ovals) scores almost alike at every rotation, and picking a
+rotated or mirrored basin there is much worse than starting a little off: a far candidate must
+beat the best near-identity one by a stated margin (``FAR_MARGIN``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +25,14 @@ import torch.nn.functional as F
 from drmime_batch.core._convention import grid_sample_matrix
 from drmime_batch.core._pyramid import tissue_weight
 
-__all__ = ["Initialisation", "centre_of_mass", "search_initialisation"]
+__all__ = ["FAR_MARGIN", "NEAR_IDENTITY_DEG", "Initialisation", "centre_of_mass", "comparable_score", "search_initialisation"]
+
+#: A rotation within this many degrees of zero (and not mirrored) counts as "near the identity".
+NEAR_IDENTITY_DEG = 20.0
+#: A far candidate (a large rotation or a mirror image) must beat the best near-identity candidate by
+#: this fraction of its score: on near-symmetric tissue (round cores) every rotation scores alike, and
+#: a wrong basin there is far worse than a start that is merely a little off.
+FAR_MARGIN = 0.10
 
 
 @dataclass(frozen=True)
@@ -29,10 +42,20 @@ class Initialisation:
     matrix: torch.Tensor
     angle: float
     flip: bool
-    score: float | None  # None when there was a single candidate and nothing was scored
+    score: float | None  # None when nothing was scored (``init="none"``)
+    name: str = "identity"  # "identity", "moments" or "rotation"
+    candidates: tuple[dict, ...] = ()  # every polished candidate and its comparable score
 
-    def to_dict(self) -> dict[str, float | bool | None]:
-        return {"angle_deg": self.angle, "flip": self.flip, "score": self.score}
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "angle_deg": self.angle,
+            "flip": self.flip,
+            "score": self.score,
+            "chosen": self.name,
+            "candidates": [dict(c) for c in self.candidates],
+            "near_identity_deg": NEAR_IDENTITY_DEG,
+            "far_margin": FAR_MARGIN,
+        }
 
 
 def centre_of_mass(image: torch.Tensor) -> torch.Tensor:
@@ -194,6 +217,48 @@ def _refine(
     return mi.double(), mats.detach()
 
 
+def _polished_angle(matrix: torch.Tensor, mirrored: bool) -> float:
+    """Rotation angle (degrees in [0, 360)) of a polished candidate's linear part."""
+    sign = -1.0 if mirrored else 1.0  # a mirrored candidate is R @ diag(-1, 1)
+    return math.degrees(math.atan2(sign * float(matrix[1, 0]), sign * float(matrix[0, 0]))) % 360.0
+
+
+def _is_near(angle: float, mirrored: bool) -> bool:
+    return not mirrored and min(angle % 360.0, 360.0 - angle % 360.0) <= NEAR_IDENTITY_DEG
+
+
+def comparable_score(
+    fixed: Sequence[torch.Tensor],
+    moving: Sequence[torch.Tensor],
+    matrices: torch.Tensor,
+    *,
+    fixed_to_frame: Sequence[torch.Tensor],
+    moving_to_frame: Sequence[torch.Tensor],
+    bins: int = 24,
+) -> torch.Tensor:
+    """One score for any set of frame matrices: joint-histogram MI, summed over the given scales.
+
+    Every fixed pixel counts at every candidate (the moving image is extended by its background
+    colour), so scores of different candidates, and of a start and a result, compare directly.
+
+    Parameters
+    ----------
+    fixed, moving : sequence of Tensor, shape (C, H, W)
+        The same two images at a few scales.
+    matrices : Tensor, shape (K, 3, 3)
+        Fixed frame -> moving frame candidates.
+    fixed_to_frame, moving_to_frame : sequence of Tensor, shape (3, 3)
+
+    Returns
+    -------
+    Tensor, shape (K,)
+    """
+    return sum(
+        _scores(f, m, matrices, ff, mf, bins)
+        for f, m, ff, mf in zip(fixed, moving, fixed_to_frame, moving_to_frame)
+    )
+
+
 def search_initialisation(
     fixed: Sequence[torch.Tensor],
     moving: Sequence[torch.Tensor],
@@ -206,15 +271,18 @@ def search_initialisation(
     bins: int = 16,
     shortlist: int = 8,
     refine_iterations: int = 60,
+    com_fixed: torch.Tensor | None = None,
+    com_moving: torch.Tensor | None = None,
+    scorer: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Initialisation:
-    """Best rotation/flip about the centres of mass, in the centred frame.
+    """The best start among the identity, the centre-of-mass alignment and rotations/flips of it.
 
     Parameters
     ----------
     fixed, moving : sequence of Tensor, shape (C, H, W)
-        The same images at a few coarse scales (tens of pixels, lightly blurred); a candidate's
-        score is the sum of its mutual information over the scales, which is steadier than any
-        single scale on faint stains and near-symmetric tissue.
+        The same images at a few coarse scales (tens of pixels, lightly blurred); a grid
+        candidate's score is the sum of its mutual information over the scales, which is steadier
+        than any single scale on faint stains and near-symmetric tissue.
     fixed_to_frame, moving_to_frame : sequence of Tensor, shape (3, 3)
         Per scale, the matrix taking that image's pixel coordinates to the shared frame.
     angles : int
@@ -222,34 +290,80 @@ def search_initialisation(
     flip : bool
         Also try the mirror image.
     rotate : bool
-        False keeps only the centre-of-mass translation (``init="moments"``).
+        False keeps only the identity and the centre-of-mass translation (``init="moments"``).
     shortlist, refine_iterations : int
         How many of the best grid candidates are polished (similarity transform, Parzen MI on the
-        last, finest scale) before the final choice, and for how many steps.
+        last, finest scale) before the final choice, and for how many steps. The identity and the
+        centre-of-mass candidate are always polished too.
+    com_fixed, com_moving : Tensor, shape (2,), optional
+        Tissue centres ``(x, y)`` in the pixel coordinates of the last scale (from the tissue
+        masks); by default the background-distance-weighted centre of mass.
+    scorer : callable, optional
+        ``scorer(matrices (K, 3, 3)) -> (K,)``: the score that compares the polished candidates
+        (the optimiser passes :func:`comparable_score` at the registration's finer scales, the same
+        score it later compares the result with the start by); by default
+        :func:`comparable_score` on ``fixed`` and ``moving``.
 
     Returns
     -------
     Initialisation
-        ``matrix`` maps fixed frame coordinates to moving frame coordinates.
+        ``matrix`` maps fixed frame coordinates to moving frame coordinates. Every polished
+        candidate and its score is in ``candidates``. A far candidate (rotation beyond
+        ``NEAR_IDENTITY_DEG`` or a mirror image) wins only when its score exceeds the best
+        near-identity candidate's by ``FAR_MARGIN`` of it.
     """
     dtype = fixed_to_frame[0].dtype
     one = torch.ones(1, dtype=dtype, device=fixed[0].device)
-    com_f = fixed_to_frame[-1] @ torch.cat([centre_of_mass(fixed[-1]).to(dtype), one])
-    com_m = moving_to_frame[-1] @ torch.cat([centre_of_mass(moving[-1]).to(dtype), one])
-    candidates = _candidates(com_f, com_m, angles=angles, flip=flip, rotate=rotate)
-    if len(candidates) == 1:
-        angle, mirrored, m = candidates[0]
-        return Initialisation(matrix=m, angle=angle, flip=mirrored, score=None)
-    stack = torch.stack([c[2] for c in candidates])
-    scores = sum(
-        _scores(f, m, stack, ff, mf, bins)
-        for f, m, ff, mf in zip(fixed, moving, fixed_to_frame, moving_to_frame)
+    cf = centre_of_mass(fixed[-1]) if com_fixed is None else com_fixed
+    cm = centre_of_mass(moving[-1]) if com_moving is None else com_moving
+    com_f = fixed_to_frame[-1] @ torch.cat([cf.to(dtype), one])
+    com_m = moving_to_frame[-1] @ torch.cat([cm.to(dtype), one])
+    grid = _candidates(com_f, com_m, angles=angles, flip=flip, rotate=rotate)
+    stack = torch.stack([c[2] for c in grid])
+    if len(grid) > 1:
+        grid_scores = sum(
+            _scores(f, m, stack, ff, mf, bins)
+            for f, m, ff, mf in zip(fixed, moving, fixed_to_frame, moving_to_frame)
+        )
+        top = torch.argsort(grid_scores, descending=True)[:shortlist].tolist()
+    else:
+        grid_scores, top = None, []
+    # The identity and the plain centre-of-mass alignment (grid index 0) always compete.
+    chosen = [None, 0] + [i for i in top if i != 0]
+    names = ["identity"] + ["moments" if i == 0 else "rotation" for i in chosen[1:]]
+    starts = torch.stack([torch.eye(3, dtype=dtype, device=stack.device)] + [stack[i] for i in chosen[1:]])
+    _, mats = _refine(
+        fixed[-1], moving[-1], starts, fixed_to_frame[-1], moving_to_frame[-1], bins=bins, iterations=refine_iterations
     )
-    # Shortlist on the coarse grid scores, polish the shortlist at the finest scale, keep the best.
-    top = torch.argsort(scores, descending=True)[:shortlist].tolist()
-    refined, mats = _refine(
-        fixed[-1], moving[-1], stack[top], fixed_to_frame[-1], moving_to_frame[-1], bins=bins, iterations=refine_iterations
+    if scorer is None:
+        scores = comparable_score(fixed, moving, mats, fixed_to_frame=fixed_to_frame, moving_to_frame=moving_to_frame)
+    else:
+        scores = scorer(mats)
+    records = []
+    for j, (i, name) in enumerate(zip(chosen, names)):
+        grid_angle, mirrored = (0.0, False) if i is None else (grid[i][0], grid[i][1])
+        records.append({
+            "name": name,
+            "angle_deg": _polished_angle(mats[j], mirrored),
+            "grid_angle_deg": grid_angle,
+            "flip": mirrored,
+            "grid_score": None if (i is None or grid_scores is None) else float(grid_scores[i]),
+            "score": float(scores[j]),
+        })
+    near = [j for j, r in enumerate(records) if _is_near(r["grid_angle_deg"], r["flip"])]
+    far = [j for j in range(len(records)) if j not in near]
+    best_near = max(near, key=lambda j: records[j]["score"])
+    best = best_near
+    if far:
+        best_far = max(far, key=lambda j: records[j]["score"])
+        if records[best_far]["score"] > records[best_near]["score"] * (1.0 + FAR_MARGIN):
+            best = best_far
+    winner = records[best]
+    return Initialisation(
+        matrix=mats[best],
+        angle=winner["angle_deg"],
+        flip=winner["flip"],
+        score=winner["score"],
+        name=winner["name"],
+        candidates=tuple(records),
     )
-    best = int(torch.argmax(refined))
-    angle, mirrored, _ = candidates[top[best]]
-    return Initialisation(matrix=mats[best], angle=angle, flip=mirrored, score=float(refined[best]))

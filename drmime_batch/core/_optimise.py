@@ -3,7 +3,9 @@
 Per iteration and level, fixed-image points are drawn afresh (weighted towards structure), mapped
 through the current transform, and only the points that land inside the moving image are kept
 (no zero padding, which would reward pushing tissue off the image). The fixed values and the
-moving values at those points (bilinear, ``align_corners=False``) feed one shared MINE network;
+moving values at those points (bilinear, ``align_corners=False``, edge pixels replicated: zero
+padding would darken a half-pixel frame along every image edge, a structure two images of the same
+size share exactly at the identity, and MINE locks onto it) feed one shared MINE network;
 the loss is minus the mean of the per-level Donsker–Varadhan bounds. The cost of an iteration
 depends on the number of points, never on the image size.
 
@@ -13,6 +15,8 @@ initialisation. Adam drives the transform and the network with separate learning
 smoothed similarity stops improving for ``patience`` iterations the learning rates drop, and after
 ``lr_decays`` drops the loop stops (or at ``max_iterations``). The returned parameters are an
 exponential moving average of the last iterates, which removes the jitter of stochastic sampling.
+Finally the result is compared with its start by the initialisation's score, and the start is
+kept when the result is worse (:func:`never_worse`).
 """
 
 from __future__ import annotations
@@ -28,18 +32,61 @@ import torch.nn.functional as F
 from drmime_batch.core._bases import basis, exp_transform
 from drmime_batch.core._config import RegistrationConfig
 from drmime_batch.core._convention import grid_sample_matrix, level_to_full_matrix, normalised_frame_matrix
-from drmime_batch.core._init import search_initialisation
+from drmime_batch.core._init import Initialisation, comparable_score, search_initialisation
 from drmime_batch.core._metrics import METRICS
 from drmime_batch.core._mine import StatisticsNetwork
 from drmime_batch.core._pyramid import _blur, gaussian_pyramid, sampling_weights
 from drmime_batch.errors import RegistrationDivergedError
 
-__all__ = ["OptimisationOutcome", "optimise", "resolve_device"]
+__all__ = ["OptimisationOutcome", "never_worse", "optimise", "resolve_device"]
 
 ProgressCallback = Callable[[int, float], None]
 
 _POOL = 1 << 18  # candidate sample points per level, drawn once by weight
 _INIT_SIZES = (32, 48, 64)  # longer sides of the images the initialisation search scores on
+_SCORE_SIZES = (64, 128, 256)  # ... and of those the start, candidates and result are compared on
+#: The result falls back to its start when its score is lower than the start's by more than this
+#: fraction (the score's noise between two nearby poses is well below it).
+FALLBACK_TOLERANCE = 0.02
+
+
+def never_worse(
+    start: torch.Tensor,
+    result: torch.Tensor,
+    scorer: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    tolerance: float = FALLBACK_TOLERANCE,
+) -> tuple[torch.Tensor, dict[str, float | bool]]:
+    """``result``, or ``start`` when ``result`` scores worse: optimisation never leaves a pair worse.
+
+    Parameters
+    ----------
+    start, result : Tensor, shape (3, 3)
+        The initialisation and the optimised matrix (any coordinates ``scorer`` understands).
+    scorer : callable
+        ``scorer(matrices (K, 3, 3)) -> (K,)``, larger is better (the initialisation's score).
+    tolerance : float
+        Fraction of the start's score the result may lose before the start is kept.
+
+    Returns
+    -------
+    matrix : Tensor, shape (3, 3)
+    verdict : dict
+        ``start_score``, ``final_score`` and ``fallback`` (True when the start was kept).
+
+    Examples
+    --------
+    >>> target = torch.eye(3, dtype=torch.float64)
+    >>> scorer = lambda m: -(m - target).abs().sum((1, 2))  # closer to the identity is better
+    >>> off = target.clone(); off[0, 2] = 5.0
+    >>> _, verdict = never_worse(target, off, scorer)
+    >>> verdict["fallback"]
+    True
+    """
+    start_score, final_score = (float(v) for v in scorer(torch.stack([start, result])))
+    fallback = not math.isfinite(final_score) or final_score < start_score - tolerance * abs(start_score)
+    verdict = {"start_score": start_score, "final_score": final_score, "fallback": bool(fallback)}
+    return (start if fallback else result), verdict
 
 
 def resolve_device(device: str) -> torch.device:
@@ -74,6 +121,17 @@ def _shrink(image: torch.Tensor, size: int) -> torch.Tensor:
         shape = [max(8, round(s * factor)) for s in image.shape[1:]]
         image = F.interpolate(image.unsqueeze(0), size=shape, mode="bilinear", antialias=True, align_corners=False)[0]
     return _blur(image, 1.0)
+
+
+def _mask_centre(mask: torch.Tensor | None, small: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    """Centroid ``(x, y)`` of ``mask`` in the pixel coordinates of ``small`` (None without a mask)."""
+    if mask is None:
+        return None
+    m = F.interpolate(mask.to(device=device, dtype=torch.float64)[None, None], size=small.shape[1:], mode="area")[0, 0]
+    total = m.sum().clamp_min(1e-9)
+    ys = torch.arange(m.shape[0], dtype=m.dtype, device=device)
+    xs = torch.arange(m.shape[1], dtype=m.dtype, device=device)
+    return torch.stack([(m.sum(0) * xs).sum() / total, (m.sum(1) * ys).sum() / total])
 
 
 def _sample_pairs(
@@ -114,8 +172,13 @@ def optimise(
     *,
     callback: ProgressCallback | None = None,
     trace: list | None = None,
+    fixed_mask: torch.Tensor | None = None,
+    moving_mask: torch.Tensor | None = None,
 ) -> OptimisationOutcome:
     """Register ``moving`` to ``fixed``: both (C, H, W) float tensors with values in [0, 1].
+
+    ``fixed_mask`` and ``moving_mask`` (H, W), 1 = tissue, optional, place the initialisation's
+    centres of mass (the tissue's, not the slide's).
 
     Returns the fixed → moving matrix in the pixel coordinates of these tensors, with the
     parameters, per-level scores, history and timings. Raises
@@ -154,22 +217,41 @@ def optimise(
         frame_to_grid_f.append(_t(grid_sample_matrix(lf.shape[1:]), device) @ torch.linalg.inv(f_to_frame[-1]))
         frame_to_grid_m.append(_t(grid_sample_matrix(lm.shape[1:]), device) @ torch.linalg.inv(m_to_frame[-1]))
 
-    # Coarse initialisation on small, lightly blurred copies of the finest level.
+    # Coarse initialisation on small, lightly blurred copies of the finest level; candidates, and
+    # later the start against the result, compared by one score at finer scales.
+    def to_frames(images: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[list, list]:
+        return (
+            [frame_f @ _t(level_to_full_matrix(_downsample(full_f, f.shape[1:])), device) for f, _ in images],
+            [frame_m @ _t(level_to_full_matrix(_downsample(full_m, m.shape[1:])), device) for _, m in images],
+        )
+
     smalls = [(_shrink(fixed, size), _shrink(moving, size)) for size in _INIT_SIZES]
-    init = search_initialisation(
-        [f for f, _ in smalls],
-        [m for _, m in smalls],
-        fixed_to_frame=[
-            frame_f @ _t(level_to_full_matrix(_downsample(full_f, f.shape[1:])), device) for f, _ in smalls
-        ],
-        moving_to_frame=[
-            frame_m @ _t(level_to_full_matrix(_downsample(full_m, m.shape[1:])), device) for _, m in smalls
-        ],
-        angles=config.init_angles,
-        flip=config.init_flip,
-        rotate=config.init == "search",
-    )
-    m0 = init.matrix if config.init != "none" else torch.eye(3, dtype=torch.float64, device=device)
+    small_ff, small_mf = to_frames(smalls)
+    scored = [(_shrink(fixed, size), _shrink(moving, size)) for size in _SCORE_SIZES]
+    score_ff, score_mf = to_frames(scored)
+
+    def scorer(matrices: torch.Tensor) -> torch.Tensor:
+        return comparable_score(
+            [f for f, _ in scored], [m for _, m in scored], matrices, fixed_to_frame=score_ff, moving_to_frame=score_mf
+        )
+
+    if config.init == "none":
+        eye = torch.eye(3, dtype=torch.float64, device=device)
+        init = Initialisation(matrix=eye, angle=0.0, flip=False, score=float(scorer(eye[None])[0]))
+    else:
+        init = search_initialisation(
+            [f for f, _ in smalls],
+            [m for _, m in smalls],
+            fixed_to_frame=small_ff,
+            moving_to_frame=small_mf,
+            angles=config.init_angles,
+            flip=config.init_flip,
+            rotate=config.init == "search",
+            scorer=scorer,
+            com_fixed=_mask_centre(fixed_mask, smalls[-1][0], device),
+            com_moving=_mask_centre(moving_mask, smalls[-1][1], device),
+        )
+    m0 = init.matrix
     t_init = time.perf_counter() - t0
 
     # Sampling pools: indices drawn once by weight; each iteration picks uniformly among them.
@@ -308,6 +390,7 @@ def optimise(
     with torch.no_grad():
         params = avg_theta
         frame_matrix = m0 @ exp_transform(params[:k] + params[k:], bases)
+        frame_matrix, verdict = never_worse(m0, frame_matrix, scorer, tolerance=FALLBACK_TOLERANCE)
         matrix = torch.linalg.inv(frame_m) @ frame_matrix @ frame_f
     m = matrix.cpu().numpy()
     if not np.all(np.isfinite(m)):
@@ -325,7 +408,9 @@ def optimise(
         level_scores=level_ema,
         history=history,
         iterations=iteration,
-        init=init.to_dict() | {"method": config.init},
+        init=init.to_dict()
+        | {"method": config.init}
+        | verdict,
         timings={"init_s": t_init, "optimise_s": t_total - t_init, "total_s": t_total},
         device=str(device),
         levels=n_levels,

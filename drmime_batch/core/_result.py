@@ -41,6 +41,11 @@ class RegistrationResult:
         Package versions (drmime_batch, torch, numpy).
     fixed_shape, moving_shape : tuple of int
         Shapes of the inputs.
+    masks : dict
+        Per image (``"fixed"``, ``"moving"``): where its tissue mask came from (``source``:
+        ``"auto"``, ``"user"`` or ``"none"``), the tissue ``fraction``, the ``crop`` box
+        ``[y0, y1, x0, x1]`` registered (None: the whole image) and, when an automatic mask found
+        no tissue, a ``fallback`` note.
     """
 
     matrix: np.ndarray
@@ -58,6 +63,7 @@ class RegistrationResult:
     versions: Mapping[str, str] = field(default_factory=dict)
     fixed_shape: tuple[int, ...] = ()
     moving_shape: tuple[int, ...] = ()
+    masks: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         m = np.array(self.matrix, dtype=np.float64)
@@ -89,6 +95,7 @@ class RegistrationResult:
             "versions": dict(self.versions),
             "fixed_shape": list(self.fixed_shape),
             "moving_shape": list(self.moving_shape),
+            "masks": {k: dict(v) for k, v in self.masks.items()},
             "convention": "fixed->moving, full-resolution pixels (x=column, y=row, origin at the "
             "centre of the top-left pixel); registered(p) = moving(M @ p)",
         }
@@ -112,6 +119,7 @@ class RegistrationResult:
             versions=dict(data.get("versions", {})),
             fixed_shape=tuple(data.get("fixed_shape", ())),
             moving_shape=tuple(data.get("moving_shape", ())),
+            masks={k: dict(v) for k, v in data.get("masks", {}).items()},
         )
 
     def to_json(self, path: Any = None) -> str:
