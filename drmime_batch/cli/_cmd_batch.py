@@ -288,7 +288,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     """Register the queue commands on the ``drmime-batch`` parser."""
     p = subparsers.add_parser("submit", help="queue the pairs of a manifest",
                               description="Queue the pairs of MANIFEST (CSV: pair_id,fixed,moving[,fixed_landmarks,"
-                                          "moving_landmarks] or the ANHIR cover table).")
+                                          "moving_landmarks][,fixed_mask][,moving_mask] or the ANHIR cover table, "
+                                          "which may also have fixed_mask/moving_mask columns). A mask is an image "
+                                          "file, non-zero = tissue, at the image's resolution or a lower one of the "
+                                          "same aspect ratio; an empty cell or a missing column means no mask "
+                                          "(the mask=auto|none option applies).")
     p.add_argument("manifest", metavar="MANIFEST")
     p.add_argument("--queue", required=True, metavar="QUEUE", help="queue file (SQLite); made if missing")
     p.add_argument("--out", required=True, metavar="OUT.zarr", help="output store of these pairs")

@@ -7,7 +7,12 @@ the full resolution of each file, exactly as a batch worker does. It prints the 
 final similarity and the time taken; ``--out`` also writes the result record as JSON (written to
 a temporary file, then renamed).
 
-A missing, unreadable or constant image ends the command with one line
+``--fixed-mask`` / ``--moving-mask`` give tissue masks (image files, non-zero = tissue, at the
+image's resolution or a lower one of the same aspect ratio), each read at its pyramid level
+closest to, and not smaller than, the image level registered, as a batch worker does.
+
+A missing, unreadable or constant image (or mask, or a mask of another aspect ratio or covering
+nothing) ends the command with one line
 ``drmime-batch register: error: <file>: <cause>`` on stderr and exit status 1, like the batch
 commands.
 """
@@ -48,6 +53,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("fixed", metavar="FIXED", help="the fixed (reference) image")
     p.add_argument("moving", metavar="MOVING", help="the moving image, mapped onto FIXED")
     p.add_argument("--out", metavar="FILE", help="write the result record (JSON) to FILE (a path or an s3://... URL)")
+    p.add_argument("--fixed-mask", metavar="FILE",
+                   help="tissue mask of FIXED (an image, non-zero = tissue; its size or a lower resolution "
+                        "of the same aspect ratio); default: the --option mask=auto|none rule")
+    p.add_argument("--moving-mask", metavar="FILE", help="tissue mask of MOVING (as --fixed-mask)")
     reg = p.add_argument_group("registration options")
     add_registration_arguments(reg, device_help="device: auto (CUDA when available, default), cpu, cuda")
     p.set_defaults(func=_cmd_register)
@@ -92,12 +101,15 @@ def write_record(path: str | Path, record: dict[str, Any]) -> str | Path:
     return target
 
 
-def _on_file(path: str, role: str, fn: Callable[[], Any]) -> Any:
-    """Run ``fn``; re-raise a file problem as one line ``<path>: <cause>`` of the same error type."""
+def _on_file(path: str, role: str, fn: Callable[[], Any], kind: str = "image") -> Any:
+    """Run ``fn``; re-raise a file problem as one line ``<path>: <cause>`` of the same error type.
+
+    ``role`` and ``kind`` name the file in the message (``fixed image``, ``moving mask``).
+    """
     try:
         return fn()
     except ImageNotFoundError:
-        raise ImageNotFoundError(f"{path}: no such file or directory ({role} image)") from None
+        raise ImageNotFoundError(f"{path}: no such file or directory ({role} {kind})") from None
     except DrmimeError as exc:
         cause = " ".join(str(exc).split())
         name = Path(path).name
@@ -106,7 +118,7 @@ def _on_file(path: str, role: str, fn: Callable[[], Any]) -> Any:
         raise type(exc)(f"{path}: {cause}") from None
     except Exception as exc:  # noqa: BLE001 - a reader (or a storage client) failing in its own way
         text = " ".join(str(exc).split())
-        raise CorruptImageError(f"{path}: cannot read the {role} image: {type(exc).__name__}: {text}") from None
+        raise CorruptImageError(f"{path}: cannot read the {role} {kind}: {type(exc).__name__}: {text}") from None
 
 
 def _check_device(device: str) -> None:
@@ -128,7 +140,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     from drmime_batch import register
     from drmime_batch.cli._console import make_console
     from drmime_batch.core import RegistrationConfig, matrix_from_level
-    from drmime_batch.io import open_image
+    from drmime_batch.io import open_image, read_mask
 
     t0 = time.perf_counter()
     options = registration_options(args)
@@ -144,6 +156,12 @@ def _cmd_register(args: argparse.Namespace) -> int:
         pixels = _on_file(path, role, lambda i=img, lv=level: i.read_level(lv))
         images[role] = (img, level, pixels)
     (f_img, f_level, fixed), (m_img, m_level, moving) = images["fixed"], images["moving"]
+    mask_files = {"fixed": args.fixed_mask, "moving": args.moving_mask}
+    masks = {
+        f"{role}_mask": _on_file(path, role, lambda p=path, a=images[role][2]: read_mask(p, np.shape(a)), "mask")
+        for role, path in mask_files.items()
+        if path
+    }
 
     def progress(iteration: int, value: float) -> None:
         if status is not None:
@@ -154,10 +172,11 @@ def _cmd_register(args: argparse.Namespace) -> int:
         if status is not None:
             status.start()
         try:
-            result = register(fixed, moving, callback=progress, **options)
-        except InputImageError as exc:  # names "fixed" or "moving": point at the file instead
-            text = str(exc)
-            path = args.moving if text.startswith("moving") else args.fixed
+            result = register(fixed, moving, callback=progress, **masks, **options)
+        except InputImageError as exc:  # names "fixed" or "moving" (image or mask): point at the file instead
+            text = " ".join(str(exc).split())
+            role = "moving" if text.startswith("moving") else "fixed"
+            path = mask_files[role] if text.startswith(f"{role} mask") and mask_files[role] else getattr(args, role)
             raise InputImageError(f"{path}: {text}") from None
     finally:
         if status is not None:
@@ -178,6 +197,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
         "moving_level": int(m_level),
         "fixed_downsample": [float(v) for v in f_ds],
         "moving_downsample": [float(v) for v in m_ds],
+        "fixed_mask": None if args.fixed_mask is None else str(args.fixed_mask),
+        "moving_mask": None if args.moving_mask is None else str(args.moving_mask),
         "seconds": seconds,
     }
     if args.out is not None:
@@ -204,4 +225,9 @@ def _cmd_register(args: argparse.Namespace) -> int:
         + (f"; record written to {args.out}" if args.out is not None else ""),
         markup=False, highlight=False,
     )
+    for role, path in mask_files.items():
+        rec = dict(full.masks.get(role, {})) if path else {}
+        if rec.get("source") == "user":
+            console.print(f"{role} mask {path}: {100 * float(rec.get('fraction', 0.0)):.1f} % tissue",
+                          markup=False, highlight=False)
     return 0

@@ -198,6 +198,8 @@ class _Driver:
             moving_landmarks=row.moving_landmarks,
             options=options,
             attempt=row.attempts,
+            fixed_mask=row.fixed_mask,
+            moving_mask=row.moving_mask,
         )
         resources = {"GPU": 1} if options.get("device", "auto") == "cuda" else None
         future = self.client.submit(

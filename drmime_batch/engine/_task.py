@@ -1,13 +1,15 @@
 """The task a Dask worker runs for one pair: open, register, write the transform, score.
 
 It receives paths and options only (nothing heavy travels through the scheduler), opens both
-images itself, registers a pyramid level of at most ``max_size`` pixels, converts the matrix to
-full resolution, writes ``<out>/<pair_id>/transform`` (atomically) and the QC picture, scores the
-landmarks when the pair has them, and returns a small JSON-ready dict.
+images itself, registers a pyramid level of at most ``max_size`` pixels (with the pair's tissue
+masks when it has them, each read at its level closest to, and not smaller than, the image level),
+converts the matrix to full resolution, writes ``<out>/<pair_id>/transform`` (atomically) and the
+QC picture, scores the landmarks when the pair has them, and returns a small JSON-ready dict.
 
-Expected failures (missing or corrupt file, unsupported format, constant image, divergence) are
-returned as ``{"ok": False, "error": "<one line naming the file and cause>"}`` rather than raised,
-so that the driver can tell them from a lost worker.
+Expected failures (missing or corrupt image or mask file, unsupported format, constant image, a
+mask of another aspect ratio or covering nothing, divergence) are returned as
+``{"ok": False, "error": "<one line naming the file and cause>"}`` rather than raised, so that the
+driver can tell them from a lost worker.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class PairTask:
     out : str
         The output store.
     fixed_landmarks, moving_landmarks : str or None
+    fixed_mask, moving_mask : str or None
+        Tissue-mask images (non-zero = tissue), when the pair has them.
     options : dict
         ``register`` keyword arguments (``max_size`` also picks the pyramid level read).
     attempt : int
@@ -57,6 +61,8 @@ class PairTask:
     moving_landmarks: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     attempt: int = 1
+    fixed_mask: str | None = None
+    moving_mask: str | None = None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -144,9 +150,10 @@ def register_pair(task: PairTask) -> dict[str, Any]:
     dict
         ``ok`` (bool); when true: ``matrix`` (3x3 nested lists, fixed → moving, full-resolution
         pixels), ``final_mi``, ``iterations``, ``timings``, ``device``, ``levels`` (the pyramid
-        level and downsample used for each image), ``fixed_shape``, ``landmarks`` (scores dict,
-        when the pair has landmarks), ``qc_png``; when false: ``error`` (one line). Always
-        ``pair_id``, ``worker``, ``pid``, ``seconds``.
+        level and downsample used for each image), ``fixed_shape``, ``masks`` (per image: the
+        mask's ``source`` auto/user/none, tissue ``fraction``, ``crop``, and ``file`` for a user
+        mask), ``landmarks`` (scores dict, when the pair has landmarks), ``qc_png``; when false:
+        ``error`` (one line). Always ``pair_id``, ``worker``, ``pid``, ``seconds``.
     """
     t0 = time.perf_counter()
     worker, address = _worker_context()
@@ -167,7 +174,8 @@ def register_pair(task: PairTask) -> dict[str, Any]:
 def _register(task: PairTask, worker: Any, base: dict[str, Any]) -> dict[str, Any]:
     from drmime_batch import register
     from drmime_batch.core._convention import matrix_from_level
-    from drmime_batch.io import open_image, write_qc, write_transform
+    from drmime_batch.errors import InputImageError
+    from drmime_batch.io import open_image, read_mask, write_qc, write_transform
 
     options = dict(task.options)
     max_size = int(options.get("max_size") or _DEFAULT_MAX_SIZE)
@@ -190,6 +198,11 @@ def _register(task: PairTask, worker: Any, base: dict[str, Any]) -> dict[str, An
         if a.size == 0 or not np.isfinite(a).any() or float(np.nanmax(a)) == float(np.nanmin(a)):
             raise _Failure(f"{role} image {path}: InputImageError: the image is empty or constant "
                            f"(shape {a.shape}, value {float(np.nanmax(a)) if a.size else 'none'})")
+    masks = {
+        f"{role}_mask": _step(f"{role} mask {path}", lambda p=path, a=arr: read_mask(p, np.shape(a)))
+        for role, path, arr in (("fixed", task.fixed_mask, fixed), ("moving", task.moving_mask, moving))
+        if path
+    }
 
     last = [0.0]
 
@@ -199,10 +212,19 @@ def _register(task: PairTask, worker: Any, base: dict[str, Any]) -> dict[str, An
             last[0] = now
             _publish(worker, {**base, "event": "progress", "iteration": int(iteration), "value": float(value)})
 
-    result = _step(
-        f"registering {task.moving} onto {task.fixed}",
-        lambda: register(fixed, moving, callback=callback, **options),
-    )
+    try:
+        result = _step(
+            f"registering {task.moving} onto {task.fixed}",
+            lambda: register(fixed, moving, callback=callback, **masks, **options),
+        )
+    except _Failure as exc:
+        # an InputImageError about a mask ("fixed mask has shape ...") names the mask file instead
+        cause = exc.__cause__
+        for role in ("fixed", "moving"):
+            path = getattr(task, f"{role}_mask")
+            if path and isinstance(cause, InputImageError) and str(cause).startswith(f"{role} mask"):
+                raise _Failure(f"{role} mask {path}: {_one_line(cause)}") from cause
+        raise
     f_ds, m_ds = fixed_img.downsamples[f_level], moving_img.downsamples[m_level]
     matrix = matrix_from_level(result.matrix, fixed_downsample=f_ds, moving_downsample=m_ds)
     if not np.all(np.isfinite(matrix)):
@@ -236,11 +258,25 @@ def _register(task: PairTask, worker: Any, base: dict[str, Any]) -> dict[str, An
         "metric": result.metric,
         "fixed_shape": list(full_shape),
         "qc_png": str(qc) if qc else None,
+        "masks": _masks_record(getattr(result, "masks", None) or {}, task),
         **levels,
     }
     if task.fixed_landmarks and task.moving_landmarks:
         summary["landmarks"] = _score_landmarks(task, matrix, full_shape)
     return summary
+
+
+def _masks_record(masks: Mapping[str, Any], task: PairTask) -> dict[str, Any]:
+    """The result's ``masks`` as plain JSON types, with the file of each user mask."""
+    out: dict[str, Any] = {}
+    for role, record in (masks or {}).items():
+        rec = {k: (v.tolist() if isinstance(v, np.ndarray) else v.item() if isinstance(v, np.generic) else v)
+               for k, v in dict(record).items()}
+        path = getattr(task, f"{role}_mask", None)
+        if path and rec.get("source") == "user":
+            rec["file"] = path
+        out[str(role)] = rec
+    return out
 
 
 def _score_landmarks(task: PairTask, matrix: np.ndarray, fixed_shape: tuple[int, ...]) -> dict[str, Any]:

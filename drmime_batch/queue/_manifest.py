@@ -2,10 +2,16 @@
 
 Two layouts are accepted:
 
-* ours: ``pair_id,fixed,moving`` and optionally ``fixed_landmarks,moving_landmarks``;
+* ours: ``pair_id,fixed,moving`` and optionally ``fixed_landmarks,moving_landmarks`` and
+  ``fixed_mask,moving_mask``;
 * the ANHIR cover table: ``Target image,Source image`` and optionally
   ``Target landmarks,Source landmarks`` (target = fixed, source = moving); pair ids are made from
-  the file names (``<source stem>-to-<target stem>``), or taken from a ``pair_id`` column if present.
+  the file names (``<source stem>-to-<target stem>``), or taken from a ``pair_id`` column if present,
+  and masks from ``fixed_mask`` / ``moving_mask`` columns if present.
+
+Mask columns name tissue-mask images (any format the image reader opens; non-zero = tissue), at the
+image's resolution or a lower one of the same aspect ratio. Either column may be given alone, and
+an empty cell means no mask for that image (the registration's ``mask`` option then applies).
 
 Relative paths resolve against the manifest's folder; absolute paths and URLs (``s3://...``,
 ``gs://...``, ``file://...``: anything with ``://``) are kept as they are. Any problem (unreadable file, missing
@@ -24,7 +30,8 @@ from drmime_batch.errors import ManifestError
 
 __all__ = ["ManifestEntry", "read_manifest"]
 
-_OURS = ("pair_id", "fixed", "moving", "fixed_landmarks", "moving_landmarks")
+_MASKS = ("fixed_mask", "moving_mask")
+_OURS = ("pair_id", "fixed", "moving", "fixed_landmarks", "moving_landmarks", *_MASKS)
 _ANHIR = {
     "Target image": "fixed",
     "Source image": "moving",
@@ -48,6 +55,9 @@ class ManifestEntry:
         Absolute paths or URLs of ANHIR ``,X,Y`` landmark CSVs, when given.
     line : int
         Line of the manifest the pair came from (1 = header).
+    fixed_mask, moving_mask : str or None
+        Absolute paths or URLs of tissue-mask images (non-zero = tissue), when given; each is
+        optional on its own.
     """
 
     pair_id: str
@@ -56,6 +66,8 @@ class ManifestEntry:
     fixed_landmarks: str | None = None
     moving_landmarks: str | None = None
     line: int = 0
+    fixed_mask: str | None = None
+    moving_mask: str | None = None
 
 
 def check_pair_id(pair_id: str) -> str:
@@ -142,18 +154,20 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
         if "pair_id" not in mapping:
             raise ManifestError(
                 f"{path}: line 1: missing column 'pair_id' (expected pair_id,fixed,moving"
-                f"[,fixed_landmarks,moving_landmarks]; got {','.join(header)})"
+                f"[,fixed_landmarks,moving_landmarks][,fixed_mask][,moving_mask]; got {','.join(header)})"
             )
     elif {"Target image", "Source image"} <= set(header):
         mapping = {h: _ANHIR[h] for h in header if h in _ANHIR}
-        if "pair_id" in header:
-            mapping["pair_id"] = "pair_id"
+        for col in ("pair_id", *_MASKS):
+            if col in header:
+                mapping[col] = col
     else:
         missing = [c for c in ("pair_id", "fixed", "moving") if c not in header]
         raise ManifestError(
             f"{path}: line 1: missing column(s) {', '.join(missing)} (expected pair_id,fixed,moving"
-            "[,fixed_landmarks,moving_landmarks] or the ANHIR columns 'Target image,Source image"
-            f"[,Target landmarks,Source landmarks]'; got {','.join(header) or 'nothing'})"
+            "[,fixed_landmarks,moving_landmarks][,fixed_mask][,moving_mask] or the ANHIR columns "
+            "'Target image,Source image[,Target landmarks,Source landmarks][,fixed_mask][,moving_mask]'; "
+            f"got {','.join(header) or 'nothing'})"
         )
     entries: list[ManifestEntry] = []
     seen: dict[str, int] = {}
@@ -195,6 +209,8 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
                     fixed_landmarks=_resolve(lm_f, base) if lm_f else None,
                     moving_landmarks=_resolve(lm_m, base) if lm_m else None,
                     line=line,
+                    fixed_mask=_resolve(row["fixed_mask"], base) if row.get("fixed_mask") else None,
+                    moving_mask=_resolve(row["moving_mask"], base) if row.get("moving_mask") else None,
                 )
             )
     except csv.Error as exc:

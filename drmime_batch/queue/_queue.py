@@ -12,6 +12,10 @@ process killed at any moment leaves the file consistent. The ``run`` driver hold
 :func:`fcntl.flock` on the side file ``<queue>.lock`` (released by the kernel when the driver dies,
 even by SIGKILL), which keeps a second driver away; the short commands (``submit``, ``retry``,
 ``cancel``) only touch rows in states the driver is not working on.
+
+Schema changes are additive: a column added later (``fixed_mask``, ``moving_mask``) is nullable
+and added on open to a file made before it (``ALTER TABLE ... ADD COLUMN``), so the schema version
+stays 1 and an older drmime_batch still reads the file (ignoring what it does not know).
 """
 
 from __future__ import annotations
@@ -57,14 +61,19 @@ CREATE TABLE IF NOT EXISTS pairs (
     submitted_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    fixed_mask TEXT,
+    moving_mask TEXT
 );
 CREATE INDEX IF NOT EXISTS pairs_state ON pairs (state);
 """
 _COLUMNS = (
     "pair_id, fixed, moving, fixed_landmarks, moving_landmarks, out, state, attempts, error, "
-    "seconds, worker, device, matrix, result, options, submitted_at, started_at, finished_at"
+    "seconds, worker, device, matrix, result, options, submitted_at, started_at, finished_at, "
+    "fixed_mask, moving_mask"
 )
+#: Columns added after the first release: (name, SQL type), added on open when missing.
+_ADDED_COLUMNS = (("fixed_mask", "TEXT"), ("moving_mask", "TEXT"))
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,8 @@ class PairRow:
         Registration options given at ``submit``.
     submitted_at, started_at, finished_at : float or None
         Unix times.
+    fixed_mask, moving_mask : str or None
+        Tissue-mask images of the pair as submitted (absolute paths or URLs), when given.
     """
 
     pair_id: str
@@ -114,6 +125,8 @@ class PairRow:
     submitted_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    fixed_mask: str | None = None
+    moving_mask: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field (a new object)."""
@@ -126,6 +139,27 @@ class PairRow:
         values[13] = json.loads(values[13] or "{}")
         values[14] = json.loads(values[14] or "{}")
         return cls(*values)
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Bring a queue made by an earlier release up to date: add the nullable columns it lacks.
+
+    Checked and altered in one write transaction, so two processes opening the same old file at
+    once do not both try to add a column.
+    """
+    have = {row[1] for row in conn.execute("PRAGMA table_info(pairs)")}
+    if all(name in have for name, _ in _ADDED_COLUMNS):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        have = {row[1] for row in conn.execute("PRAGMA table_info(pairs)")}
+        for name, sql_type in _ADDED_COLUMNS:
+            if name not in have:
+                conn.execute(f"ALTER TABLE pairs ADD COLUMN {name} {sql_type}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 class QueueLock:
@@ -240,6 +274,8 @@ class Queue:
                 (str(_SCHEMA_VERSION),),
             )
             (version,) = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if int(version) == _SCHEMA_VERSION:
+                _add_missing_columns(conn)
         except sqlite3.DatabaseError as exc:
             raise QueueError(f"{path} is not a drmime_batch queue (SQLite said: {exc})") from exc
         if int(version) != _SCHEMA_VERSION:
@@ -345,9 +381,11 @@ class Queue:
                 )
             conn.executemany(
                 "INSERT INTO pairs (pair_id, fixed, moving, fixed_landmarks, moving_landmarks, out, "
-                "options, submitted_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "options, submitted_at, updated_at, fixed_mask, moving_mask) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (e.pair_id, e.fixed, e.moving, e.fixed_landmarks, e.moving_landmarks, out, opts, now, now)
+                    (e.pair_id, e.fixed, e.moving, e.fixed_landmarks, e.moving_landmarks, out, opts, now, now,
+                     e.fixed_mask, e.moving_mask)
                     for e in entries
                 ],
             )

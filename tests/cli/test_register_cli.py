@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from PIL import Image
 
@@ -97,3 +99,38 @@ def test_register_reads_and_writes_s3(tmp_path):
         missing = s3.url("slides/no-such.jpg")
         proc = cli("register", fixed, missing, *QUICK, env=s3.env, check=1)
         assert missing in _one_error_line(proc.stderr)
+
+
+def _half_resolution_mask(path, image):
+    """A 0/255 PNG at half the image's resolution: tissue over the central 80 % x 80 %."""
+    w, h = Image.open(image).size
+    m = np.zeros((h // 2, w // 2), np.uint8)
+    m[h // 20:h // 2 - h // 20, w // 20:w // 2 - w // 20] = 255
+    Image.fromarray(m).save(path)
+    return path
+
+
+def test_register_with_a_fixed_mask(tmp_path):
+    mask = _half_resolution_mask(tmp_path / "fixed-mask.png", FIXED)
+    out = tmp_path / "pair.json"
+    proc = cli("register", FIXED, MOVING, *QUICK, "--max-iterations", "60", "--option", "min_iterations=20",
+               "--fixed-mask", mask, "--out", out, timeout=120)
+    assert f"fixed mask {mask}:" in proc.stdout and "% tissue" in proc.stdout
+    record = RegistrationResult.from_json(out.read_text())
+    assert record.masks["fixed"]["source"] == "user" and record.masks["moving"]["source"] == "auto"
+    assert np.all(np.isfinite(np.asarray(record.matrix)))
+    assert json.loads(out.read_text())["fixed_mask"] == str(mask)
+
+
+def test_register_mask_problems_are_one_line_naming_the_mask(tmp_path):
+    missing = tmp_path / "no-such-mask.png"
+    proc = cli("register", FIXED, MOVING, *QUICK, "--moving-mask", missing, check=1)
+    line = _one_error_line(proc.stderr)
+    assert str(missing) in line and "moving mask" in line
+    assert proc.stdout == ""
+
+    square = tmp_path / "square.png"
+    Image.fromarray(np.full((100, 100), 255, np.uint8)).save(square)
+    proc = cli("register", FIXED, MOVING, *QUICK, "--fixed-mask", square, check=1)
+    line = _one_error_line(proc.stderr)
+    assert str(square) in line and "aspect ratio" in line
