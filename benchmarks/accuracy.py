@@ -143,6 +143,10 @@ class Methods:
         self.device = device
         self._sitk: Any = None
         self._itk: Any = None
+        #: image -> float32 gray in [0, 1] handed to the peers (another loader may swap it in).
+        self.gray: Callable[[np.ndarray], np.ndarray] = peer_gray
+        #: the last ``RegistrationResult`` of ``_register`` (for callers that want more than the matrix)
+        self.last_result: Any = None
 
     # ---- availability and warm-up
     def available(self, method: str) -> str | None:
@@ -190,7 +194,8 @@ class Methods:
             opts["max_iterations"] = self.max_iterations
             opts["min_iterations"] = min(self.max_iterations, 10)
         opts.update(kw)
-        return np.asarray(register(fixed, moving, **opts).matrix, dtype=np.float64)
+        self.last_result = register(fixed, moving, **opts)
+        return np.asarray(self.last_result.matrix, dtype=np.float64)
 
     def run_drmime(self, f: np.ndarray, m: np.ndarray, _: Pair | None) -> np.ndarray:
         return self._register(f, m, transform="affine", metric="mine")
@@ -226,8 +231,8 @@ class Methods:
     # ---- peers
     def run_sitk(self, f: np.ndarray, m: np.ndarray, _: Pair | None) -> np.ndarray:
         sitk = self._sitk
-        fixed = sitk.GetImageFromArray(peer_gray(f))  # spacing 1, origin 0: physical = (x, y) pixels
-        moving = sitk.GetImageFromArray(peer_gray(m))
+        fixed = sitk.GetImageFromArray(self.gray(f))  # spacing 1, origin 0: physical = (x, y) pixels
+        moving = sitk.GetImageFromArray(self.gray(m))
         initial = sitk.CenteredTransformInitializer(
             fixed, moving, sitk.AffineTransform(2), sitk.CenteredTransformInitializerFilter.MOMENTS
         )
@@ -248,8 +253,8 @@ class Methods:
 
     def run_elastix(self, f: np.ndarray, m: np.ndarray, _: Pair | None) -> np.ndarray:
         itk = self._itk
-        fixed = itk.GetImageFromArray(np.ascontiguousarray(peer_gray(f)))
-        moving = itk.GetImageFromArray(np.ascontiguousarray(peer_gray(m)))
+        fixed = itk.GetImageFromArray(np.ascontiguousarray(self.gray(f)))
+        moving = itk.GetImageFromArray(np.ascontiguousarray(self.gray(m)))
         params = itk.ParameterObject.New()
         amap = params.GetDefaultParameterMap("affine")
         amap["WriteResultImage"] = ["false"]
