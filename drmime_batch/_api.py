@@ -56,13 +56,19 @@ def _coerce_image(image: Any, name: str) -> np.ndarray:
             stacklevel=3,
         )
         arr = np.where(finite, arr, np.nanmin(np.where(finite, arr, np.nan)))
-    sample = arr[:: max(1, arr.shape[0] // 512), :: max(1, arr.shape[1] // 512)]
-    lo, hi = np.percentile(sample, [0.5, 99.5])
-    if hi - lo <= 0:
-        lo, hi = float(arr.min()), float(arr.max())
-    if hi - lo <= 0:
-        raise InputImageError(f"{name} image is constant (every pixel is {lo:g}): nothing to register")
-    return np.clip((arr - lo) / (hi - lo), 0.0, 1.0)
+    # Each channel by its own robust range: channels of one image can differ by orders of
+    # magnitude (a bright nuclear stain beside a faint marker, an alpha channel), and the
+    # statistics network learns slowly on inputs squeezed into a sliver of [0, 1].
+    c = arr.shape[2]
+    sample = arr[:: max(1, arr.shape[0] // 512), :: max(1, arr.shape[1] // 512)].reshape(-1, c)
+    lo, hi = np.percentile(sample, [0.5, 99.5], axis=0)
+    flat = hi - lo <= 0
+    lo = np.where(flat, arr.reshape(-1, c).min(0), lo)
+    hi = np.where(flat, arr.reshape(-1, c).max(0), hi)
+    if np.all(hi - lo <= 0):
+        raise InputImageError(f"{name} image is constant (every pixel is {float(lo[0]):g}): nothing to register")
+    span = np.where(hi - lo > 0, hi - lo, 1.0)  # a constant channel becomes 0: it carries nothing
+    return np.clip((arr - lo) / span, 0.0, 1.0).astype(np.float32)
 
 
 def _to_tensor(arr: np.ndarray, max_size: int) -> tuple[torch.Tensor, tuple[float, float]]:
@@ -125,6 +131,31 @@ def _mask_for(user: Any, image: np.ndarray, name: str, cfg: RegistrationConfig) 
     return m, {"source": "auto", "fraction": fraction}
 
 
+def _without_ink(raw: Any, image: np.ndarray) -> tuple[np.ndarray, float]:
+    """``image`` with marker-pen ink painted over by the colours around it, and the ink fraction.
+
+    Ink strokes are long, dark structures in one section only; a similarity measure gains by
+    laying them over dark structures of the other section. Filled with the local mean of the
+    surrounding non-ink pixels (normalised convolution), they carry no structure.
+    """
+    from scipy import ndimage
+
+    from drmime_batch.core._mask import ink_mask
+
+    ink = ink_mask(np.asarray(raw))
+    fraction = float(ink.mean())
+    if fraction == 0.0 or fraction > 0.5:  # none, or a "slide" that is mostly ink: leave it
+        return image, fraction
+    keep = (~ink).astype(np.float32)
+    sigma = max(2.0, 0.02 * min(image.shape[:2]))
+    weight = ndimage.gaussian_filter(keep, sigma)
+    out = image.copy()
+    for c in range(image.shape[2]):
+        fill = ndimage.gaussian_filter(image[..., c] * keep, sigma) / np.maximum(weight, 1e-6)
+        out[..., c] = np.where(ink, fill, image[..., c])
+    return out, fraction
+
+
 def _tissue_box(mask: np.ndarray | None) -> tuple[int, int, int, int] | None:
     """``(y0, y1, x0, x1)`` of the tissue with a margin, or None when cropping would gain little."""
     if mask is None:
@@ -170,7 +201,7 @@ def register(
     ----------
     fixed, moving : array_like, shape (H, W) or (H, W, C)
         Any numeric dtype; the two may differ in size, dtype and channels (e.g. H&E RGB against a
-        single stain channel). Each is scaled to [0, 1] by its own 0.5–99.5 percentiles.
+        single stain channel). Each channel is scaled to [0, 1] by its own 0.5–99.5 percentiles.
     transform : {"translation", "rigid", "similarity", "affine", "homography"}
     metric : {"mine", "mse", "ncc", "mi"}
         ``"mine"`` (DRMIME) or a baseline in the same optimiser.
@@ -219,8 +250,13 @@ def register(
     cfg = RegistrationConfig.from_dict(merged)
     f_arr = _coerce_image(fixed, "fixed")
     m_arr = _coerce_image(moving, "moving")
+    inks = (0.0, 0.0)
+    if cfg.mask == "auto":
+        (f_arr, f_ink), (m_arr, m_ink) = _without_ink(fixed, f_arr), _without_ink(moving, m_arr)
+        inks = (f_ink, m_ink)
     f_mask, f_record = _mask_for(fixed_mask, f_arr, "fixed", cfg)
     m_mask, m_record = _mask_for(moving_mask, m_arr, "moving", cfg)
+    f_record["ink_fraction"], m_record["ink_fraction"] = inks
     if "fallback" in f_record or "fallback" in m_record:
         # Centres of mass must mean the same thing in both images: when one image shows no
         # background to tell tissue from (a view filled with tissue), the other's automatic mask

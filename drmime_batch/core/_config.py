@@ -68,7 +68,9 @@ class RegistrationConfig:
         ``"auto"`` computes a tissue mask of each image (:func:`drmime_batch.core.tissue_mask`) where
         no mask is given: it places the initialisation's centres of mass, and the registration
         crops to the tissue (with a margin) before shrinking to ``max_size``, so a small biopsy on a
-        large slide keeps its resolution. ``"none"`` uses the whole images (user masks still apply).
+        large slide keeps its resolution; marker-pen ink (blue, green, black) is painted over with
+        the surrounding colours first. ``"none"`` uses the whole images as given (user masks still
+        apply).
     threads : int or None
         Torch CPU threads (None leaves torch's default).
     """

@@ -32,7 +32,7 @@ NEAR_IDENTITY_DEG = 20.0
 #: A far candidate (a large rotation or a mirror image) must beat the best near-identity candidate by
 #: this fraction of its score: on near-symmetric tissue (round cores) every rotation scores alike, and
 #: a wrong basin there is far worse than a start that is merely a little off.
-FAR_MARGIN = 0.10
+FAR_MARGIN = 0.25
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,23 @@ def centre_of_mass(image: torch.Tensor) -> torch.Tensor:
     return torch.stack([(w.sum(0) * xs).sum() / total, (w.sum(1) * ys).sum() / total])
 
 
+def _grey(image: torch.Tensor) -> torch.Tensor:
+    """One grey plane (1, H, W) of a (C, H, W) image: its channels' first principal component.
+
+    The mean of the channels would do for RGB stains, but a second modality may remap channels
+    against each other (one inverted, one not): their mean then cancels the structure, the
+    principal component keeps it (its sign does not matter to mutual information).
+    """
+    if image.shape[0] == 1:
+        return image
+    flat = image.reshape(image.shape[0], -1).double()
+    centred = flat - flat.mean(1, keepdim=True)
+    _, vectors = torch.linalg.eigh(centred @ centred.T)
+    return (vectors[:, -1] @ centred).to(image.dtype).reshape(1, *image.shape[1:])
+
+
 def _gray_bins(image: torch.Tensor, bins: int) -> torch.Tensor:
-    g = image.mean(0)
+    g = _grey(image)[0]
     lo, hi = g.min(), g.max()
     return ((g - lo) / (hi - lo).clamp_min(1e-6) * (bins - 1)).round().long()
 
@@ -134,17 +149,18 @@ def _scores(
     mapped = to_grid @ stack @ (fixed_to_frame @ pts)
     n = stack.shape[0]
     grid = (mapped[:, :2] / mapped[:, 2:3]).transpose(1, 2).reshape(n, hf, wf, 2)
-    border = torch.cat([moving[:, 0, :], moving[:, -1, :], moving[:, :, 0], moving[:, :, -1]], dim=1)
+    grey = _grey(moving)
+    border = torch.cat([grey[:, 0, :], grey[:, -1, :], grey[:, :, 0], grey[:, :, -1]], dim=1)
     background = border.median(dim=1).values.view(1, -1, 1, 1)
     warped = F.grid_sample(
-        (moving.unsqueeze(0) - background).expand(n, -1, -1, -1).float(),
+        (grey.unsqueeze(0) - background).expand(n, -1, -1, -1).float(),
         grid.float(),
         mode="bilinear",
         padding_mode="zeros",
         align_corners=False,
     ) + background
-    g = warped.mean(1)
-    lo, hi = moving.mean(0).min(), moving.mean(0).max()
+    g = warped[:, 0]
+    lo, hi = grey.min(), grey.max()
     moving_bins = ((g - lo) / (hi - lo).clamp_min(1e-6) * (bins - 1)).round().clamp(0, bins - 1).long()
     return _batched_mi(_gray_bins(fixed, bins), moving_bins, bins)
 
@@ -183,9 +199,9 @@ def _refine(
     pts = fixed_to_frame @ _pixel_points(fixed, dtype)
     to_grid = torch.as_tensor(grid_sample_matrix(moving.shape[1:]), dtype=dtype, device=fixed.device)
     to_grid = to_grid @ torch.linalg.inv(moving_to_frame)  # frame -> moving grid_sample coordinates
-    gray_f = fixed.mean(0).ravel()
+    gray_f = _grey(fixed)[0].ravel()
     gray_f = (gray_f - gray_f.min()) / (gray_f.max() - gray_f.min()).clamp_min(1e-6)
-    gray_m = moving.mean(0, keepdim=True)
+    gray_m = _grey(moving)
     lo, hi = gray_m.min(), gray_m.max()
     gray_m = (gray_m - lo) / (hi - lo).clamp_min(1e-6)
     background = torch.cat([gray_m[0, 0], gray_m[0, -1], gray_m[0, :, 0], gray_m[0, :, -1]]).median()

@@ -47,7 +47,7 @@ _INIT_SIZES = (32, 48, 64)  # longer sides of the images the initialisation sear
 _SCORE_SIZES = (64, 128, 256)  # ... and of those the start, candidates and result are compared on
 #: The result falls back to its start when its score is lower than the start's by more than this
 #: fraction (the score's noise between two nearby poses is well below it).
-FALLBACK_TOLERANCE = 0.02
+FALLBACK_TOLERANCE = 0.05
 
 
 def never_worse(

@@ -44,8 +44,8 @@ class RegistrationResult:
     masks : dict
         Per image (``"fixed"``, ``"moving"``): where its tissue mask came from (``source``:
         ``"auto"``, ``"user"`` or ``"none"``), the tissue ``fraction``, the ``crop`` box
-        ``[y0, y1, x0, x1]`` registered (None: the whole image) and, when an automatic mask found
-        no tissue, a ``fallback`` note.
+        ``[y0, y1, x0, x1]`` registered (None: the whole image), the ``ink_fraction`` of marker-pen
+        ink painted over and, when an automatic mask found no tissue, a ``fallback`` note.
     """
 
     matrix: np.ndarray

@@ -241,3 +241,18 @@ def test_resize_mask_keeps_the_tissue_fraction():
     assert small.shape == (97, 131)
     assert abs(mask_fraction(small) - mask_fraction(mask)) < 0.02
     assert mask_fraction(np.zeros((0, 3))) == 0.0
+
+
+def test_ink_mask_flags_marker_colours_not_stains():
+    from drmime_batch.core._mask import ink_mask
+
+    for path in sorted(LESION.glob("*.jpg")):
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        assert ink_mask(rgb).mean() < 0.002, path.name  # H&E and IHC stains are not ink
+        inked = rgb.copy()
+        inked[100:108] = (40, 70, 170)  # blue marker
+        inked[200:208] = (30, 140, 60)  # green marker
+        inked[300:308] = (25, 25, 45)  # black marker
+        flagged = ink_mask(inked)
+        assert flagged[100:108].mean() > 0.99 and flagged[200:208].mean() > 0.99 and flagged[300:308].mean() > 0.99
+    assert not ink_mask(np.zeros((8, 8), np.uint8)).any()  # grey images carry no ink colour

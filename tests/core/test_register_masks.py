@@ -84,3 +84,14 @@ def test_bad_masks_are_refused_naming_them(mask, words, role):
     with pytest.raises(InputImageError, match=words) as info:
         register(image, image, max_iterations=5, device="cpu", **{f"{role}_mask": mask})
     assert str(info.value).startswith(f"{role} mask") and "\n" not in str(info.value)
+
+
+def test_marker_pen_strokes_are_painted_over(small_tissue):
+    fixed, moving, truth = small_tissue
+    inked = moving.copy()
+    for row in (210, 260, 330, 400):  # blue and black strokes across tissue and glass
+        inked[row : row + 7, :] = (0.16, 0.27, 0.67) if row % 20 else (0.1, 0.1, 0.18)
+    inked[150:520, 470:476] = (0.16, 0.27, 0.67)
+    result = register(fixed, inked, max_size=256, **QUICK)
+    assert result.masks["moving"]["ink_fraction"] > 0.04 and result.masks["fixed"]["ink_fraction"] == 0.0
+    assert _tissue_error(result.matrix, truth) < 1.0
