@@ -69,18 +69,19 @@ def centre_of_mass(image: torch.Tensor) -> torch.Tensor:
 
 
 def _grey(image: torch.Tensor) -> torch.Tensor:
-    """One grey plane (1, H, W) of a (C, H, W) image: its channels' first principal component.
+    """One grey plane (1, H, W) of a (C, H, W) image: the mean of its channels, each signed by its
+    correlation with the first.
 
-    The mean of the channels would do for RGB stains, but a second modality may remap channels
-    against each other (one inverted, one not): their mean then cancels the structure, the
-    principal component keeps it (its sign does not matter to mutual information).
+    For stains (RGB) every channel rises from tissue to glass together and this is the plain mean.
+    A second modality may remap channels against each other (one inverted, one not); their plain
+    mean would cancel the structure, the signed mean keeps it.
     """
     if image.shape[0] == 1:
         return image
-    flat = image.reshape(image.shape[0], -1).double()
+    flat = image.reshape(image.shape[0], -1)
     centred = flat - flat.mean(1, keepdim=True)
-    _, vectors = torch.linalg.eigh(centred @ centred.T)
-    return (vectors[:, -1] @ centred).to(image.dtype).reshape(1, *image.shape[1:])
+    signs = torch.where((centred @ centred[0]) < 0, -1.0, 1.0).to(image.dtype)
+    return (signs[:, None] * flat).mean(0).reshape(1, *image.shape[1:])
 
 
 def _gray_bins(image: torch.Tensor, bins: int) -> torch.Tensor:

@@ -35,7 +35,7 @@ from drmime_batch.core._convention import grid_sample_matrix, level_to_full_matr
 from drmime_batch.core._init import Initialisation, comparable_score, search_initialisation
 from drmime_batch.core._metrics import METRICS
 from drmime_batch.core._mine import StatisticsNetwork
-from drmime_batch.core._pyramid import _blur, gaussian_pyramid, sampling_weights
+from drmime_batch.core._pyramid import _blur, gaussian_pyramid, sampling_weights, tissue_weight
 from drmime_batch.errors import RegistrationDivergedError
 
 __all__ = ["OptimisationOutcome", "never_worse", "optimise", "resolve_device"]
@@ -124,14 +124,22 @@ def _shrink(image: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _mask_centre(mask: torch.Tensor | None, small: torch.Tensor, device: torch.device) -> torch.Tensor | None:
-    """Centroid ``(x, y)`` of ``mask`` in the pixel coordinates of ``small`` (None without a mask)."""
+    """Tissue centre ``(x, y)`` of ``small`` within ``mask`` (None without a mask).
+
+    The contrast-weighted centre of mass (:func:`~drmime_batch.core._pyramid.tissue_weight`),
+    restricted to the mask: padding, ink and tile seams no longer pull it, and tissue that fills
+    the whole frame is still weighted by its stain (the mask alone would give the frame's centre).
+    """
     if mask is None:
         return None
     m = F.interpolate(mask.to(device=device, dtype=torch.float64)[None, None], size=small.shape[1:], mode="area")[0, 0]
-    total = m.sum().clamp_min(1e-9)
-    ys = torch.arange(m.shape[0], dtype=m.dtype, device=device)
-    xs = torch.arange(m.shape[1], dtype=m.dtype, device=device)
-    return torch.stack([(m.sum(0) * xs).sum() / total, (m.sum(1) * ys).sum() / total])
+    w = tissue_weight(small).to(m.dtype) * m
+    if not (w.sum() > 0):
+        w = m
+    total = w.sum().clamp_min(1e-9)
+    ys = torch.arange(w.shape[0], dtype=w.dtype, device=device)
+    xs = torch.arange(w.shape[1], dtype=w.dtype, device=device)
+    return torch.stack([(w.sum(0) * xs).sum() / total, (w.sum(1) * ys).sum() / total])
 
 
 def _sample_pairs(

@@ -96,8 +96,10 @@ def test_nonlinear_channel_remap_mine_succeeds_where_mse_fails(source):
     fixed, moving = view_pair(source, AFFINE, SIZE)
     # channels permuted, inverted and gamma-distorted: the same structures, other colours
     remapped = np.stack([1.0 - moving[..., 2] ** 2, np.sqrt(moving[..., 0]), 1.0 - moving[..., 1]], axis=-1)
-    error_mine, _ = recover(fixed, remapped, AFFINE)
-    error_mse, _ = recover(fixed, remapped, AFFINE, metric="mse")
+    # the start (chosen by a grey-level score, which a channel remap weakens) is a few degrees off
+    # the 10-degree truth here: the quick budget of 200 iterations is not quite enough, 400 is
+    error_mine, _ = recover(fixed, remapped, AFFINE, max_iterations=400)
+    error_mse, _ = recover(fixed, remapped, AFFINE, metric="mse", max_iterations=400)
     assert error_mine < 1.0
     assert error_mse > max(1.0, error_mine), (error_mse, error_mine)
 
