@@ -125,3 +125,32 @@ def test_driver_carries_the_masks_of_a_queue_to_the_worker(tmp_path, pair):
     assert (fixed_record["source"], fixed_record["file"]) == ("user", str(tmp_path / "fm.png"))
     assert masked.result["masks"]["moving"]["source"] == "auto"
     assert bad.error.startswith(f"moving mask {tmp_path / 'no-such-mask.png'}: ImageNotFoundError"), bad.error
+
+
+def test_small_tissue_on_a_large_slide_is_read_from_a_finer_level(tmp_path):
+    # A 256-px piece of tissue on a 1600-px slide of glass: the level that fits max_size 256
+    # shows it at 32 px; the task reads the tissue's box from a finer level instead.
+    from skimage import data
+
+    tissue = data.immunohistochemistry()[128:384, 128:384]
+    rng = np.random.default_rng(0)
+
+    def slide(x0: int, y0: int, name: str) -> Path:
+        canvas = rng.normal(236, 2.5, (1600, 1600, 1)).clip(0, 255).repeat(3, axis=2).astype(np.uint8)
+        canvas[y0:y0 + 256, x0:x0 + 256] = tissue
+        Image.fromarray(canvas).save(tmp_path / name)
+        return tmp_path / name
+
+    fixed, moving = slide(300, 500, "fixed.png"), slide(340, 475, "moving.png")
+    options = OPTIONS | {"max_iterations": 150, "min_iterations": 60}
+    task = PairTask(pair_id="small", fixed=str(fixed), moving=str(moving), out=str(tmp_path / "o.zarr"), options=options)
+    summary = register_pair(task)
+    assert summary["ok"], summary.get("error")
+    assert summary["fixed_level"] < 3 and summary["moving_level"] < 3  # finer than the 200-px overview
+    y0, y1, x0, x1 = summary["fixed_crop"]
+    scale = summary["fixed_downsample"][0]
+    assert y0 * scale <= 500 and y1 * scale >= 756 and x0 * scale <= 300 and x1 * scale >= 556
+    matrix = np.asarray(summary["matrix"])
+    corners = np.array([[300.0, 500.0, 1.0], [556.0, 500.0, 1.0], [300.0, 756.0, 1.0], [556.0, 756.0, 1.0]])
+    error = np.linalg.norm(corners @ matrix.T - (corners + [40.0, -25.0, 0.0]), axis=1)
+    assert error.max() < 1.0, (error, matrix)  # full-resolution pixels, over the tissue's corners
