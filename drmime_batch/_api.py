@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from drmime_batch.core._config import RegistrationConfig
 from drmime_batch.core._convention import matrix_from_level
+from drmime_batch.core._mask import tissue_box
 from drmime_batch.core._optimise import optimise
 from drmime_batch.core._result import RegistrationResult
 from drmime_batch.errors import InputImageError
@@ -85,8 +86,6 @@ def _to_tensor(arr: np.ndarray, max_size: int) -> tuple[torch.Tensor, tuple[floa
 
 #: Below this tissue fraction an automatic mask counts as "no tissue found" (whole image used).
 _MIN_TISSUE_FRACTION = 0.005
-#: Crop to the tissue only when its box (with margin) covers less than this share of the image.
-_CROP_BELOW = 0.6
 
 
 def _user_mask(mask: Any, shape: tuple[int, int], name: str) -> np.ndarray:
@@ -154,20 +153,6 @@ def _without_ink(raw: Any, image: np.ndarray) -> tuple[np.ndarray, float]:
         fill = ndimage.gaussian_filter(image[..., c] * keep, sigma) / np.maximum(weight, 1e-6)
         out[..., c] = np.where(ink, fill, image[..., c])
     return out, fraction
-
-
-def _tissue_box(mask: np.ndarray | None) -> tuple[int, int, int, int] | None:
-    """``(y0, y1, x0, x1)`` of the tissue with a margin, or None when cropping would gain little."""
-    if mask is None:
-        return None
-    h, w = mask.shape
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    margin = int(0.1 * max(rows[-1] - rows[0], cols[-1] - cols[0])) + 8
-    y0, y1 = max(0, rows[0] - margin), min(h, rows[-1] + 1 + margin)
-    x0, x1 = max(0, cols[0] - margin), min(w, cols[-1] + 1 + margin)
-    if (y1 - y0) * (x1 - x0) >= _CROP_BELOW * h * w or min(y1 - y0, x1 - x0) < 16:
-        return None
-    return int(y0), int(y1), int(x0), int(x1)
 
 
 def _translation(x: float, y: float) -> np.ndarray:
@@ -271,7 +256,7 @@ def register(
     # into the matrix.
     offsets = []
     for arr_mask, record in ((f_mask, f_record), (m_mask, m_record)):
-        box = _tissue_box(arr_mask) if arr_mask is not None and max(arr_mask.shape) > cfg.max_size else None
+        box = tissue_box(arr_mask) if arr_mask is not None and max(arr_mask.shape) > cfg.max_size else None
         record["crop"] = list(box) if box else None
         offsets.append((box[2], box[0]) if box else (0, 0))
     if f_record["crop"]:

@@ -140,7 +140,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     from drmime_batch import register
     from drmime_batch.cli._console import make_console
     from drmime_batch.core import RegistrationConfig, matrix_from_level
-    from drmime_batch.io import open_image, read_mask
+    from drmime_batch.io import open_image, read_mask, read_tissue
 
     t0 = time.perf_counter()
     options = registration_options(args)
@@ -155,13 +155,22 @@ def _cmd_register(args: argparse.Namespace) -> int:
         level = _on_file(path, role, lambda i=img: i.level_for(max_size=max_size))
         pixels = _on_file(path, role, lambda i=img, lv=level: i.read_level(lv))
         images[role] = (img, level, pixels)
-    (f_img, f_level, fixed), (m_img, m_level, moving) = images["fixed"], images["moving"]
     mask_files = {"fixed": args.fixed_mask, "moving": args.moving_mask}
     masks = {
         f"{role}_mask": _on_file(path, role, lambda p=path, a=images[role][2]: read_mask(p, np.shape(a)), "mask")
         for role, path in mask_files.items()
         if path
     }
+    # small tissue on a large slide: its box from a finer level (as a batch worker does)
+    offsets, crops = {"fixed": (0, 0), "moving": (0, 0)}, {"fixed": None, "moving": None}
+    for role in ("fixed", "moving"):
+        if config.mask != "none" and not mask_files[role]:
+            img, level, pixels = images[role]
+            pixels, level, offsets[role], crops[role] = _on_file(
+                getattr(args, role), role, lambda i=img, lv=level, px=pixels: read_tissue(i, lv, px, max_size)
+            )
+            images[role] = (img, level, pixels)
+    (f_img, f_level, fixed), (m_img, m_level, moving) = images["fixed"], images["moving"]
 
     def progress(iteration: int, value: float) -> None:
         if status is not None:
@@ -183,7 +192,10 @@ def _cmd_register(args: argparse.Namespace) -> int:
             status.stop()
 
     f_ds, m_ds = f_img.downsamples[f_level], m_img.downsamples[m_level]
-    matrix = matrix_from_level(result.matrix, fixed_downsample=f_ds, moving_downsample=m_ds)
+    (fx, fy), (mx, my) = offsets["fixed"], offsets["moving"]
+    shift = lambda x, y: np.array([[1.0, 0.0, x], [0.0, 1.0, y], [0.0, 0.0, 1.0]])  # noqa: E731
+    level_matrix = shift(mx, my) @ result.matrix @ shift(-fx, -fy)
+    matrix = matrix_from_level(level_matrix, fixed_downsample=f_ds, moving_downsample=m_ds)
     if not np.all(np.isfinite(matrix)):
         raise _CommandError(f"registering {args.moving} onto {args.fixed}: non-finite matrix")
     full = dataclasses.replace(
@@ -197,6 +209,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
         "moving_level": int(m_level),
         "fixed_downsample": [float(v) for v in f_ds],
         "moving_downsample": [float(v) for v in m_ds],
+        "fixed_crop": crops["fixed"],
+        "moving_crop": crops["moving"],
         "fixed_mask": None if args.fixed_mask is None else str(args.fixed_mask),
         "moving_mask": None if args.moving_mask is None else str(args.moving_mask),
         "seconds": seconds,

@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["ink_mask", "mask_fraction", "resize_mask", "tissue_mask"]
+__all__ = ["CROP_BELOW", "ink_mask", "mask_fraction", "resize_mask", "tissue_box", "tissue_mask"]
 
 _SIGMA = 1.5  # feature smoothing, in working-copy pixels
 _MEAN_WEIGHT = 0.3  # weight of the local mean distance against the local std (texture) in F
@@ -288,3 +288,34 @@ def ink_mask(image: np.ndarray) -> np.ndarray:
     green = (g - r > 40) & (g > b)
     black = np.maximum(np.maximum(r, g), b) < 70
     return blue | green | black
+
+
+#: Crop to the tissue only when its box (with margin) covers less than this share of the image.
+CROP_BELOW = 0.6
+
+
+def tissue_box(mask: np.ndarray | None) -> tuple[int, int, int, int] | None:
+    """``(y0, y1, x0, x1)`` of the tissue in ``mask`` with a margin, or None when a crop gains little.
+
+    The margin is a tenth of the tissue's longer side plus 8 pixels (clipped to the image); None
+    when there is no mask, or the box covers ``CROP_BELOW`` of the image or more.
+
+    Examples
+    --------
+    >>> m = np.zeros((200, 300), bool)
+    >>> m[50:70, 100:140] = True
+    >>> tissue_box(m)
+    (39, 81, 89, 151)
+    >>> tissue_box(np.ones((200, 300), bool)) is None
+    True
+    """
+    if mask is None or not np.any(mask):
+        return None
+    h, w = mask.shape
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    margin = int(0.1 * max(rows[-1] - rows[0], cols[-1] - cols[0])) + 8
+    y0, y1 = max(0, rows[0] - margin), min(h, rows[-1] + 1 + margin)
+    x0, x1 = max(0, cols[0] - margin), min(w, cols[-1] + 1 + margin)
+    if (y1 - y0) * (x1 - x0) >= CROP_BELOW * h * w or min(y1 - y0, x1 - x0) < 16:
+        return None
+    return int(y0), int(y1), int(x0), int(x1)

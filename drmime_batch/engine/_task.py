@@ -175,7 +175,7 @@ def _register(task: PairTask, worker: Any, base: dict[str, Any]) -> dict[str, An
     from drmime_batch import register
     from drmime_batch.core._convention import matrix_from_level
     from drmime_batch.errors import InputImageError
-    from drmime_batch.io import open_image, read_mask, write_qc, write_transform
+    from drmime_batch.io import open_image, read_mask, read_tissue, write_qc, write_transform
 
     options = dict(task.options)
     max_size = int(options.get("max_size") or _DEFAULT_MAX_SIZE)
@@ -210,10 +210,10 @@ def _register(task: PairTask, worker: Any, base: dict[str, Any]) -> dict[str, An
     if options.get("mask", "auto") != "none":
         if not task.fixed_mask:
             fixed, f_level, offsets["fixed"], crops["fixed_crop"] = _step(
-                f"fixed image {task.fixed}", lambda: _tissue_read(fixed_img, f_level, fixed, max_size))
+                f"fixed image {task.fixed}", lambda: read_tissue(fixed_img, f_level, fixed, max_size))
         if not task.moving_mask:
             moving, m_level, offsets["moving"], crops["moving_crop"] = _step(
-                f"moving image {task.moving}", lambda: _tissue_read(moving_img, m_level, moving, max_size))
+                f"moving image {task.moving}", lambda: read_tissue(moving_img, m_level, moving, max_size))
 
     last = [0.0]
 
@@ -282,41 +282,6 @@ def _register(task: PairTask, worker: Any, base: dict[str, Any]) -> dict[str, An
 
 def _shift(x: float, y: float) -> np.ndarray:
     return np.array([[1.0, 0.0, x], [0.0, 1.0, y], [0.0, 0.0, 1.0]])
-
-
-def _tissue_read(image: Any, level: int, overview: np.ndarray, max_size: int) -> tuple[np.ndarray, int, tuple[int, int], list[int] | None]:
-    """The tissue of ``image`` at the finest level where its box fits ``max_size``.
-
-    ``overview`` is level ``level`` (already read). When its automatic tissue mask covers a small
-    part of the slide, the box around the tissue (with a margin) is read from a finer level, so a
-    small biopsy on a large slide is registered at the resolution it needs; only the chunks under
-    the box are read. Returns the array, its level, the box's top-left ``(x, y)`` in that level's
-    pixels and the box ``[y0, y1, x0, x1]`` (None, with the overview unchanged, when nothing is cut).
-    """
-    from drmime_batch._api import _tissue_box
-    from drmime_batch.core._mask import tissue_mask
-
-    # the mask needs a few hundred pixels to tell tissue from glass: a smaller overview is
-    # complemented by a read of the level that fits 1024 px (cheap, and only for the mask)
-    mask_level = min(level, image.level_for(max_size=1024))
-    mask = tissue_mask(overview if mask_level == level else image.read_level(mask_level))
-    if mask.mean() < 0.005:
-        return overview, level, (0, 0), None
-    box = _tissue_box(mask)
-    if box is None:
-        return overview, level, (0, 0), None
-    sx, sy = (float(v) for v in np.broadcast_to(image.downsamples[mask_level], 2))
-    y0, y1, x0, x1 = box[0] * sy, box[1] * sy, box[2] * sx, box[3] * sx  # full-resolution pixels
-    full_h, full_w = (int(v) for v in image.levels[0].shape[:2])
-    finer = image.level_for(max_size=max(1, int(max_size * max(full_h, full_w) / max(y1 - y0, x1 - x0))))
-    if finer >= level:
-        return overview, level, (0, 0), None
-    fx, fy = (float(v) for v in np.broadcast_to(image.downsamples[finer], 2))
-    h, w = (int(v) for v in image.levels[finer].shape[:2])
-    r0, r1 = max(0, int(np.floor(y0 / fy))), min(h, int(np.ceil(y1 / fy)))
-    c0, c1 = max(0, int(np.floor(x0 / fx))), min(w, int(np.ceil(x1 / fx)))
-    crop = np.asarray(image.levels[finer][r0:r1, c0:c1].compute())
-    return crop, finer, (c0, r0), [r0, r1, c0, c1]
 
 
 def _masks_record(masks: Mapping[str, Any], task: PairTask) -> dict[str, Any]:

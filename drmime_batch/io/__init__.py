@@ -10,7 +10,7 @@ completion marker). Inputs and ``OUT`` may also be fsspec URLs (``s3://``, ``gs:
 
 from __future__ import annotations
 
-from drmime_batch.io._mask import read_mask
+from drmime_batch.io._mask import read_mask, read_tissue
 from drmime_batch.io._multiscale import MultiscaleImage, downsample2
 from drmime_batch.io._open import open_image
 from drmime_batch.io._qc import write_qc
@@ -28,6 +28,7 @@ __all__ = [
     "open_image",
     "pair_is_complete",
     "read_mask",
+    "read_tissue",
     "read_transform",
     "warp",
     "warp_array",
