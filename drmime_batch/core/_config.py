@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -104,6 +105,7 @@ class RegistrationConfig:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.transform not in TRANSFORMS:
             raise ValueError(f"transform must be one of {sorted(TRANSFORMS)}, got {self.transform!r}")
         if self.metric not in METRIC_NAMES:
@@ -119,6 +121,27 @@ class RegistrationConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.min_iterations > self.max_iterations:
             object.__setattr__(self, "min_iterations", self.max_iterations)
+
+    def _check_types(self) -> None:
+        """Refuse values of the wrong kind now (``lr_transform="abc"`` would fail every pair later)."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            if value is None and kind == "int | None":
+                continue
+            if kind == "float":
+                if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
+                    raise ValueError(f"{f.name} must be a number, got {value!r}")
+                object.__setattr__(self, f.name, float(value))
+            elif kind in ("int", "int | None"):
+                if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and float(value).is_integer():
+                    value = int(value)
+                if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                    raise ValueError(f"{f.name} must be an integer, got {value!r}")
+                object.__setattr__(self, f.name, int(value))
+            elif kind == "bool" and not isinstance(value, bool):
+                raise ValueError(f"{f.name} must be true or false, got {value!r}")
+            elif kind == "str" and not isinstance(value, str):
+                raise ValueError(f"{f.name} must be a string, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict of every field."""

@@ -27,6 +27,10 @@ def test_manifest_refusals_queue_nothing(tmp_path):
                "--option", "no_such_knob=3", check=1)
     assert "no_such_knob" in proc.stderr
     assert not (tmp_path / "q.sqlite").exists()  # nothing was queued
+    proc = cli("submit", tmp_path / "ok.csv", "--queue", tmp_path / "q.sqlite", "--out", tmp_path / "o.zarr",
+               "--option", "lr_transform=abc", check=1)  # a value of the wrong kind is refused at submit too
+    assert "lr_transform must be a number, got 'abc'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "q.sqlite").exists()
     proc = cli("status", "--queue", tmp_path / "q.sqlite", check=1)
     assert "does not exist" in proc.stderr
 

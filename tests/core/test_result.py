@@ -91,7 +91,8 @@ def test_config_round_trip_and_refusals():
     with pytest.raises(TypeError, match="no_such_knob"):
         register(np.zeros((16, 16)), np.zeros((16, 16)), no_such_knob=1)
     for bad in ({"transform": "spline"}, {"metric": "ssd"}, {"init": "random"}, {"sampling": "grid"}, {"points": 0},
-                {"max_size": -5}):
+                {"max_size": -5}, {"lr_transform": "abc"}, {"points": 2.5}, {"symmetric": "yes"}, {"threads": "x"},
+                {"mask": "everything"}):
         (key, value), = bad.items()
         with pytest.raises(ValueError, match=repr(value) if isinstance(value, str) else key):
             RegistrationConfig(**bad)
