@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from drmime_batch.core._config import RegistrationConfig
-from drmime_batch.core._convention import matrix_from_level
+from drmime_batch.core._convention import matrix_from_crop, matrix_from_level
 from drmime_batch.core._mask import tissue_box
 from drmime_batch.core._optimise import optimise
 from drmime_batch.core._result import RegistrationResult
@@ -155,10 +155,6 @@ def _without_ink(raw: Any, image: np.ndarray) -> tuple[np.ndarray, float]:
     return out, fraction
 
 
-def _translation(x: float, y: float) -> np.ndarray:
-    return np.array([[1.0, 0.0, x], [0.0, 1.0, y], [0.0, 0.0, 1.0]])
-
-
 def _mask_tensor(mask: np.ndarray | None, shape: tuple[int, int]) -> torch.Tensor | None:
     """The mask at a tensor's (H, W), as a float tensor (1 = tissue)."""
     if mask is None:
@@ -272,7 +268,7 @@ def register(
         fixed_mask=_mask_tensor(f_mask, f_t.shape[1:]), moving_mask=_mask_tensor(m_mask, m_t.shape[1:]),
     )
     matrix = matrix_from_level(out.matrix, fixed_downsample=f_ds, moving_downsample=m_ds)
-    matrix = _translation(*offsets[1]) @ matrix @ _translation(-offsets[0][0], -offsets[0][1])
+    matrix = matrix_from_crop(matrix, fixed_offset=offsets[0], moving_offset=offsets[1])
     return RegistrationResult(
         matrix=matrix,
         transform=cfg.transform,

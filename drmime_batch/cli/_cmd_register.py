@@ -139,7 +139,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
     from drmime_batch import register
     from drmime_batch.cli._console import make_console
-    from drmime_batch.core import RegistrationConfig, matrix_from_level
+    from drmime_batch.core import RegistrationConfig, matrix_from_crop, matrix_from_level
     from drmime_batch.io import open_image, read_mask, read_tissue
 
     t0 = time.perf_counter()
@@ -192,9 +192,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
             status.stop()
 
     f_ds, m_ds = f_img.downsamples[f_level], m_img.downsamples[m_level]
-    (fx, fy), (mx, my) = offsets["fixed"], offsets["moving"]
-    shift = lambda x, y: np.array([[1.0, 0.0, x], [0.0, 1.0, y], [0.0, 0.0, 1.0]])  # noqa: E731
-    level_matrix = shift(mx, my) @ result.matrix @ shift(-fx, -fy)
+    level_matrix = matrix_from_crop(result.matrix, fixed_offset=offsets["fixed"], moving_offset=offsets["moving"])
     matrix = matrix_from_level(level_matrix, fixed_downsample=f_ds, moving_downsample=m_ds)
     if not np.all(np.isfinite(matrix)):
         raise _CommandError(f"registering {args.moving} onto {args.fixed}: non-finite matrix")

@@ -11,6 +11,7 @@ from drmime_batch.core._config import METRIC_NAMES, RegistrationConfig
 from drmime_batch.core._convention import (
     apply_matrix,
     level_to_full_matrix,
+    matrix_from_crop,
     matrix_from_level,
     matrix_from_physical,
     matrix_to_level,
@@ -38,6 +39,7 @@ __all__ = [
     "gaussian_pyramid",
     "level_to_full_matrix",
     "mask_fraction",
+    "matrix_from_crop",
     "matrix_from_level",
     "matrix_from_physical",
     "matrix_to_level",

@@ -36,6 +36,7 @@ import numpy as np
 __all__ = [
     "apply_matrix",
     "level_to_full_matrix",
+    "matrix_from_crop",
     "matrix_from_level",
     "matrix_to_level",
     "matrix_to_physical",
@@ -94,6 +95,38 @@ def matrix_from_level(
     lf = level_to_full_matrix(fixed_downsample)
     lm = level_to_full_matrix(moving_downsample)
     return lm @ np.asarray(matrix, dtype=np.float64) @ np.linalg.inv(lf)
+
+
+def matrix_from_crop(
+    matrix: np.ndarray,
+    *,
+    fixed_offset: Sequence[float] = (0.0, 0.0),
+    moving_offset: Sequence[float] = (0.0, 0.0),
+) -> np.ndarray:
+    """A matrix between two crops, as a matrix between the images they were cut from.
+
+    Parameters
+    ----------
+    matrix : ndarray, shape (3, 3)
+        Fixed-crop pixel -> moving-crop pixel.
+    fixed_offset, moving_offset : (x, y)
+        Pixel of the image at each crop's top-left pixel (column, row).
+
+    Returns
+    -------
+    ndarray, shape (3, 3)
+        Fixed-image pixel -> moving-image pixel.
+
+    Examples
+    --------
+    >>> matrix_from_crop(np.eye(3), fixed_offset=(10, 20), moving_offset=(15, 5))[:2, 2]
+    array([  5., -15.])
+    """
+    fx, fy = _as_pair(fixed_offset, "fixed_offset")
+    mx, my = _as_pair(moving_offset, "moving_offset")
+    to_moving = np.array([[1.0, 0.0, mx], [0.0, 1.0, my], [0.0, 0.0, 1.0]])
+    from_fixed = np.array([[1.0, 0.0, -fx], [0.0, 1.0, -fy], [0.0, 0.0, 1.0]])
+    return to_moving @ np.asarray(matrix, dtype=np.float64) @ from_fixed
 
 
 def matrix_to_level(

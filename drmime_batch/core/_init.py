@@ -58,9 +58,18 @@ class Initialisation:
         }
 
 
-def centre_of_mass(image: torch.Tensor) -> torch.Tensor:
-    """Tissue-weighted centroid ``(x, y)`` in the image's pixel coordinates."""
+def centre_of_mass(image: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Tissue-weighted centroid ``(x, y)`` in the image's pixel coordinates.
+
+    With a ``mask`` (H, W) of the image's size, the weights are restricted to it: padding, ink and
+    tile seams no longer pull the centre, and tissue that fills the whole frame is still weighted
+    by its stain (the mask alone would give the frame's centre).
+    """
     w = tissue_weight(image)
+    if mask is not None:
+        w = w.to(mask.dtype) * mask
+        if not (w.sum() > 0):  # tissue without contrast: the mask's own centre
+            w = mask
     h, wd = w.shape
     ys = torch.arange(h, dtype=w.dtype, device=w.device)
     xs = torch.arange(wd, dtype=w.dtype, device=w.device)

@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from drmime_batch.core._bases import basis, exp_transform
 from drmime_batch.core._config import RegistrationConfig
 from drmime_batch.core._convention import grid_sample_matrix, level_to_full_matrix, normalised_frame_matrix
-from drmime_batch.core._init import Initialisation, comparable_score, search_initialisation
+from drmime_batch.core._init import Initialisation, centre_of_mass, comparable_score, search_initialisation
 from drmime_batch.core._metrics import METRICS
 from drmime_batch.core._mine import StatisticsNetwork
-from drmime_batch.core._pyramid import _blur, gaussian_pyramid, sampling_weights, tissue_weight
+from drmime_batch.core._pyramid import _blur, gaussian_pyramid, sampling_weights
 from drmime_batch.errors import RegistrationDivergedError
 
 __all__ = ["OptimisationOutcome", "never_worse", "optimise", "resolve_device"]
@@ -124,22 +124,11 @@ def _shrink(image: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _mask_centre(mask: torch.Tensor | None, small: torch.Tensor, device: torch.device) -> torch.Tensor | None:
-    """Tissue centre ``(x, y)`` of ``small`` within ``mask`` (None without a mask).
-
-    The contrast-weighted centre of mass (:func:`~drmime_batch.core._pyramid.tissue_weight`),
-    restricted to the mask: padding, ink and tile seams no longer pull it, and tissue that fills
-    the whole frame is still weighted by its stain (the mask alone would give the frame's centre).
-    """
+    """Tissue centre ``(x, y)`` of ``small`` within ``mask`` (None without a mask)."""
     if mask is None:
         return None
     m = F.interpolate(mask.to(device=device, dtype=torch.float64)[None, None], size=small.shape[1:], mode="area")[0, 0]
-    w = tissue_weight(small).to(m.dtype) * m
-    if not (w.sum() > 0):
-        w = m
-    total = w.sum().clamp_min(1e-9)
-    ys = torch.arange(w.shape[0], dtype=w.dtype, device=device)
-    xs = torch.arange(w.shape[1], dtype=w.dtype, device=device)
-    return torch.stack([(w.sum(0) * xs).sum() / total, (w.sum(1) * ys).sum() / total])
+    return centre_of_mass(small, m)
 
 
 def _sample_pairs(

@@ -173,7 +173,7 @@ def register_pair(task: PairTask) -> dict[str, Any]:
 
 def _register(task: PairTask, worker: Any, base: dict[str, Any]) -> dict[str, Any]:
     from drmime_batch import register
-    from drmime_batch.core._convention import matrix_from_level
+    from drmime_batch.core._convention import matrix_from_crop, matrix_from_level
     from drmime_batch.errors import InputImageError
     from drmime_batch.io import open_image, read_mask, read_tissue, write_qc, write_transform
 
@@ -237,8 +237,7 @@ def _register(task: PairTask, worker: Any, base: dict[str, Any]) -> dict[str, An
                 raise _Failure(f"{role} mask {path}: {_one_line(cause)}") from cause
         raise
     f_ds, m_ds = fixed_img.downsamples[f_level], moving_img.downsamples[m_level]
-    (fx, fy), (mx, my) = offsets["fixed"], offsets["moving"]
-    level_matrix = _shift(mx, my) @ result.matrix @ _shift(-fx, -fy)
+    level_matrix = matrix_from_crop(result.matrix, fixed_offset=offsets["fixed"], moving_offset=offsets["moving"])
     matrix = matrix_from_level(level_matrix, fixed_downsample=f_ds, moving_downsample=m_ds)
     if not np.all(np.isfinite(matrix)):
         raise _Failure(f"registering {task.moving} onto {task.fixed}: RegistrationDivergedError: non-finite matrix")
@@ -278,10 +277,6 @@ def _register(task: PairTask, worker: Any, base: dict[str, Any]) -> dict[str, An
     if task.fixed_landmarks and task.moving_landmarks:
         summary["landmarks"] = _score_landmarks(task, matrix, full_shape)
     return summary
-
-
-def _shift(x: float, y: float) -> np.ndarray:
-    return np.array([[1.0, 0.0, x], [0.0, 1.0, y], [0.0, 0.0, 1.0]])
 
 
 def _masks_record(masks: Mapping[str, Any], task: PairTask) -> dict[str, Any]:
