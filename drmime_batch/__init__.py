@@ -1,7 +1,9 @@
 """drmime_batch: batch registration of whole-slide histology images with DRMIME on Dask.
 
-The public surface is small: :func:`register` (one pair of arrays), :class:`RegistrationResult`
-(its immutable record) and :class:`RegistrationConfig` (every knob, with defaults that work).
+The public surface is small: :func:`register` (one pair of arrays), :func:`register_files` (one
+pair of slide files, full-resolution result), :class:`RegistrationResult` (the immutable record)
+and :class:`RegistrationConfig` (every knob, with defaults that work); :class:`PairOutcome` is what
+a batch records of each pair (:mod:`drmime_batch.outcome`).
 Whole-slide IO lives in :mod:`drmime_batch.io`, the batch engine in :mod:`drmime_batch.engine`,
 landmark evaluation in :mod:`drmime_batch.evaluation`.
 
@@ -21,9 +23,20 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 if TYPE_CHECKING:
     from drmime_batch._api import register
+    from drmime_batch._files import FileRegistration, register_files
     from drmime_batch.core import RegistrationConfig, RegistrationResult
+    from drmime_batch.outcome import ImageSide, PairOutcome
 
-__all__ = ["RegistrationConfig", "RegistrationResult", "__version__", "register"]
+__all__ = [
+    "FileRegistration",
+    "ImageSide",
+    "PairOutcome",
+    "RegistrationConfig",
+    "RegistrationResult",
+    "__version__",
+    "register",
+    "register_files",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -31,6 +44,14 @@ def __getattr__(name: str) -> Any:
         from drmime_batch._api import register
 
         return register
+    if name in ("register_files", "FileRegistration"):
+        from drmime_batch import _files
+
+        return getattr(_files, name)
+    if name in ("PairOutcome", "ImageSide"):
+        from drmime_batch import outcome
+
+        return getattr(outcome, name)
     if name in ("RegistrationConfig", "RegistrationResult"):
         from drmime_batch import core
 

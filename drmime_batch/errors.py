@@ -3,13 +3,18 @@
 All of them derive from :class:`DrmimeError`, and each one also derives from the builtin a caller
 would naturally catch (``ValueError``, ``FileNotFoundError``, ...), so ``except ValueError`` keeps
 working for people who do not know this module. Messages name the offending file, argument or
-pair id, what was expected and what was received.
+pair id, what was expected and what was received, and never a command-line flag (the library
+does not know how it was called). Warnings are :class:`DrmimeWarning`.
+
+A ``DrmimeError`` is a problem of the input or the environment, told in one line; any other
+exception escaping drmime_batch is a bug, and the command line and the queue keep its traceback.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "ClusterConfigError",
+    "ConfigError",
     "CorruptImageError",
     "DrmimeError",
     "ImageNotFoundError",
@@ -23,11 +28,19 @@ __all__ = [
     "RegistrationDivergedError",
     "StorageAccessError",
     "UnsupportedFormatError",
+    "DrmimeWarning",
 ]
 
 
 class DrmimeError(Exception):
     """Root of every error raised on purpose by drmime_batch."""
+
+
+class ConfigError(DrmimeError, ValueError, TypeError):
+    """A registration option has an unknown name, a wrong type or a value out of range.
+
+    Also a ``TypeError`` (what an unknown keyword argument raises in Python) and a ``ValueError``.
+    """
 
 
 class InputImageError(DrmimeError, ValueError):
@@ -80,3 +93,10 @@ class OutputStoreError(DrmimeError, ValueError):
 
 class IncompleteOutputError(DrmimeError, FileNotFoundError):
     """A pair's output is missing or was never completed (interrupted write)."""
+
+
+class DrmimeWarning(UserWarning):
+    """Something worked, but not as asked: non-finite pixels treated as background, a fallback taken.
+
+    Filter them as one class: ``warnings.simplefilter("error", DrmimeWarning)`` makes them fatal.
+    """

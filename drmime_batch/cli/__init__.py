@@ -13,6 +13,7 @@ import importlib
 import logging
 import pkgutil
 import sys
+import traceback
 from typing import Sequence
 
 from drmime_batch.errors import DrmimeError
@@ -29,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Batch registration of whole-slide histology images with DRMIME on Dask.",
     )
     parser.add_argument("--version", action="version", version=f"drmime-batch {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output, and the traceback of an error")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_cmd_"):
@@ -52,11 +54,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DrmimeError as exc:
-        print(f"drmime-batch {args.command}: error: {exc}", file=sys.stderr)
+        # a problem of the input or the environment: one line (the traceback with -v)
+        if args.verbose:
+            traceback.print_exc(file=sys.stderr)
+        print(f"drmime-batch {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"drmime-batch {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - anything else is a bug: its traceback, always
+        traceback.print_exc(file=sys.stderr)
+        print(f"drmime-batch {args.command}: internal error (a bug, please report it with the traceback "
+              f"above): {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 70  # EX_SOFTWARE
 
 
 if __name__ == "__main__":  # pragma: no cover

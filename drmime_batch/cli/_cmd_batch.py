@@ -134,7 +134,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------- status
 def _status_dict(row: Any) -> dict[str, Any]:
     from drmime_batch.cli._console import pair_figures
+    from drmime_batch.outcome import PairOutcome
 
+    outcome = PairOutcome.from_row(row)
     return {
         "pair_id": row.pair_id,
         "state": row.state,
@@ -148,9 +150,12 @@ def _status_dict(row: Any) -> dict[str, Any]:
         "moving": row.moving,
         "out": row.out,
         **pair_figures(row),
-        "landmarks": (row.result or {}).get("landmarks"),
+        "landmarks": outcome.landmarks,
         "started_at": row.started_at,
         "finished_at": row.finished_at,
+        "failure": outcome.failure,
+        "traceback": getattr(row, "traceback", None),
+        "outcome": outcome.to_dict(),
     }
 
 
@@ -172,7 +177,21 @@ def _cmd_status(args: argparse.Namespace) -> int:
         ", ".join(f"{k} {v}" for k, v in counts.items() if v) + ("; a run is active" if alive else ""),
         markup=False, highlight=False,
     )
+    _print_tracebacks(rows, verbose=getattr(args, "verbose", 0))
     return 0
+
+
+def _print_tracebacks(rows: list[Any], *, verbose: int) -> None:
+    """Tracebacks of pairs that failed on a bug: printed with ``-v``, else one hint line."""
+    with_tb = [r for r in rows if r.state == "failed" and getattr(r, "traceback", None)]
+    if not with_tb:
+        return
+    if verbose:
+        for row in with_tb:
+            print(f"--- {row.pair_id}: {row.error}\n{row.traceback.rstrip()}", file=sys.stderr)
+    else:
+        print(f"{len(with_tb)} pair(s) failed on an unexpected error (a bug): add -v for the traceback(s), "
+              "and please report them", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------- retry / cancel
@@ -214,8 +233,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     console = make_console()
     console.print(summary_table(rows, title=f"Report of {args.queue}"))
     done = [r for r in rows if r.state == "done"]
-    lms = [r.result["landmarks"] for r in done if isinstance(r.result.get("landmarks"), dict)
-           and "rtre_median" in r.result["landmarks"]]
+    from drmime_batch.outcome import PairOutcome
+
+    landmarks = [PairOutcome.from_row(r).landmarks for r in done]
+    lms = [lm for lm in landmarks if isinstance(lm, dict) and "rtre_median" in lm]
     if lms:
         from statistics import median
 

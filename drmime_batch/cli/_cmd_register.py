@@ -1,9 +1,9 @@
 """``drmime-batch register``: one pair of image files, here and now, without a queue or a cluster.
 
-It opens both files lazily (:func:`drmime_batch.io.open_image`), reads for each the pyramid level
-whose longer side is at most ``--max-size`` (the file's own level of a whole-slide pyramid, or one
-built by halving), registers them with :func:`drmime_batch.register`, and expresses the matrix at
-the full resolution of each file, exactly as a batch worker does. It prints the 3x3 matrix, the
+It calls :func:`drmime_batch.register_files`, the function a batch worker calls: both files are
+opened lazily, each is registered at the pyramid level whose longer side is at most
+``--max-size`` (the file's own level of a whole-slide pyramid, or one built by halving), and the
+matrix is expressed at the full resolution of each file. It prints the 3x3 matrix, the
 final similarity and the time taken; ``--out`` also writes the result record as JSON (written to
 a temporary file, then renamed).
 
@@ -13,23 +13,22 @@ closest to, and not smaller than, the image level registered, as a batch worker 
 
 A missing, unreadable or constant image (or mask, or a mask of another aspect ratio or covering
 nothing) ends the command with one line
-``drmime-batch register: error: <file>: <cause>`` on stderr and exit status 1, like the batch
-commands.
+``drmime-batch register: error: <role> image|mask <file>: <cause>`` on stderr and exit status 1,
+like the batch commands (``-v`` adds the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from drmime_batch.cli._options import add_registration_arguments, registration_options
-from drmime_batch.errors import CorruptImageError, DrmimeError, ImageNotFoundError, InputImageError
+from drmime_batch.errors import DrmimeError
 
 __all__ = ["add_commands", "format_matrix", "write_record"]
 
@@ -101,26 +100,6 @@ def write_record(path: str | Path, record: dict[str, Any]) -> str | Path:
     return target
 
 
-def _on_file(path: str, role: str, fn: Callable[[], Any], kind: str = "image") -> Any:
-    """Run ``fn``; re-raise a file problem as one line ``<path>: <cause>`` of the same error type.
-
-    ``role`` and ``kind`` name the file in the message (``fixed image``, ``moving mask``).
-    """
-    try:
-        return fn()
-    except ImageNotFoundError:
-        raise ImageNotFoundError(f"{path}: no such file or directory ({role} {kind})") from None
-    except DrmimeError as exc:
-        cause = " ".join(str(exc).split())
-        name = Path(path).name
-        if cause.startswith(f"{name}: "):
-            cause = cause[len(name) + 2:]
-        raise type(exc)(f"{path}: {cause}") from None
-    except Exception as exc:  # noqa: BLE001 - a reader (or a storage client) failing in its own way
-        text = " ".join(str(exc).split())
-        raise CorruptImageError(f"{path}: cannot read the {role} {kind}: {type(exc).__name__}: {text}") from None
-
-
 def _check_device(device: str) -> None:
     from drmime_batch.core import resolve_device
 
@@ -130,47 +109,18 @@ def _check_device(device: str) -> None:
         raise _CommandError(str(exc)) from None
 
 
-def _shape_text(shape: Sequence[int]) -> str:
-    return f"{shape[1]}x{shape[0]}"
-
-
 def _cmd_register(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from drmime_batch import register
+    from drmime_batch._files import register_files
     from drmime_batch.cli._console import make_console
-    from drmime_batch.core import RegistrationConfig, matrix_from_crop, matrix_from_level
-    from drmime_batch.io import open_image, read_mask, read_tissue
+    from drmime_batch.core import RegistrationConfig
 
     t0 = time.perf_counter()
     options = registration_options(args)
     config = RegistrationConfig.from_dict(options)  # checked already: the defaults filled in
     _check_device(config.device)
-    max_size = config.max_size
     console = make_console()
-
-    images = {}
-    for role, path in (("fixed", args.fixed), ("moving", args.moving)):
-        img = _on_file(path, role, lambda p=path: open_image(p))
-        level = _on_file(path, role, lambda i=img: i.level_for(max_size=max_size))
-        pixels = _on_file(path, role, lambda i=img, lv=level: i.read_level(lv))
-        images[role] = (img, level, pixels)
-    mask_files = {"fixed": args.fixed_mask, "moving": args.moving_mask}
-    masks = {
-        f"{role}_mask": _on_file(path, role, lambda p=path, a=images[role][2]: read_mask(p, np.shape(a)), "mask")
-        for role, path in mask_files.items()
-        if path
-    }
-    # small tissue on a large slide: its box from a finer level (as a batch worker does)
-    offsets, crops = {"fixed": (0, 0), "moving": (0, 0)}, {"fixed": None, "moving": None}
-    for role in ("fixed", "moving"):
-        if config.mask != "none" and not mask_files[role]:
-            img, level, pixels = images[role]
-            pixels, level, offsets[role], crops[role] = _on_file(
-                getattr(args, role), role, lambda i=img, lv=level, px=pixels: read_tissue(i, lv, px, max_size)
-            )
-            images[role] = (img, level, pixels)
-    (f_img, f_level, fixed), (m_img, m_level, moving) = images["fixed"], images["moving"]
 
     def progress(iteration: int, value: float) -> None:
         if status is not None:
@@ -180,37 +130,27 @@ def _cmd_register(args: argparse.Namespace) -> int:
     try:
         if status is not None:
             status.start()
-        try:
-            result = register(fixed, moving, callback=progress, **masks, **options)
-        except InputImageError as exc:  # names "fixed" or "moving" (image or mask): point at the file instead
-            text = " ".join(str(exc).split())
-            role = "moving" if text.startswith("moving") else "fixed"
-            path = mask_files[role] if text.startswith(f"{role} mask") and mask_files[role] else getattr(args, role)
-            raise InputImageError(f"{path}: {text}") from None
+        reg = register_files(args.fixed, args.moving, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
+                             callback=progress, **options)
     finally:
         if status is not None:
             status.stop()
 
-    f_ds, m_ds = f_img.downsamples[f_level], m_img.downsamples[m_level]
-    level_matrix = matrix_from_crop(result.matrix, fixed_offset=offsets["fixed"], moving_offset=offsets["moving"])
-    matrix = matrix_from_level(level_matrix, fixed_downsample=f_ds, moving_downsample=m_ds)
-    if not np.all(np.isfinite(matrix)):
-        raise _CommandError(f"registering {args.moving} onto {args.fixed}: non-finite matrix")
-    full = dataclasses.replace(
-        result, matrix=matrix, fixed_shape=tuple(f_img.shape), moving_shape=tuple(m_img.shape)
-    )
+    full, matrix = reg.result, reg.matrix
     seconds = time.perf_counter() - t0
     record = full.to_dict() | {
         "fixed": str(args.fixed),
         "moving": str(args.moving),
-        "fixed_level": int(f_level),
-        "moving_level": int(m_level),
-        "fixed_downsample": [float(v) for v in f_ds],
-        "moving_downsample": [float(v) for v in m_ds],
-        "fixed_crop": crops["fixed"],
-        "moving_crop": crops["moving"],
+        "fixed_level": reg.fixed.level,
+        "moving_level": reg.moving.level,
+        "fixed_downsample": list(reg.fixed.downsample),
+        "moving_downsample": list(reg.moving.downsample),
+        "fixed_crop": None if reg.fixed.crop is None else list(reg.fixed.crop),
+        "moving_crop": None if reg.moving.crop is None else list(reg.moving.crop),
         "fixed_mask": None if args.fixed_mask is None else str(args.fixed_mask),
         "moving_mask": None if args.moving_mask is None else str(args.moving_mask),
+        "fixed_pixel_size": None if reg.fixed.pixel_size is None else list(reg.fixed.pixel_size),
+        "moving_pixel_size": None if reg.moving.pixel_size is None else list(reg.moving.pixel_size),
         "seconds": seconds,
     }
     if args.out is not None:
@@ -231,13 +171,21 @@ def _cmd_register(args: argparse.Namespace) -> int:
         f"{seconds:.1f} s (registration {full.timings.get('total_s', float('nan')):.1f} s)",
         markup=False, highlight=False,
     )
+    levels = {}
+    for role, side in (("fixed", reg.fixed), ("moving", reg.moving)):
+        h, w = side.shape[:2]
+        if side.crop is not None:
+            y0, y1, x0, x1 = side.crop
+            size = f"{x1 - x0}x{y1 - y0} crop"
+        else:
+            size = f"{round(w / side.downsample[0])}x{round(h / side.downsample[1])}"
+        levels[role] = f"{role} level {side.level} ({size} of {w}x{h})"
     console.print(
-        f"registered fixed level {f_level} ({_shape_text(fixed.shape)} of {_shape_text(f_img.shape)}) with "
-        f"moving level {m_level} ({_shape_text(moving.shape)} of {_shape_text(m_img.shape)})"
+        f"registered {levels['fixed']} with {levels['moving']}"
         + (f"; record written to {args.out}" if args.out is not None else ""),
         markup=False, highlight=False,
     )
-    for role, path in mask_files.items():
+    for role, path in (("fixed", args.fixed_mask), ("moving", args.moving_mask)):
         rec = dict(full.masks.get(role, {})) if path else {}
         if rec.get("source") == "user":
             console.print(f"{role} mask {path}: {100 * float(rec.get('fraction', 0.0)):.1f} % tissue",

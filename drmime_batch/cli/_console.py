@@ -38,16 +38,9 @@ def make_console(*, stderr: bool = False, file: TextIO | None = None) -> Console
 
 def pair_figures(row: PairRow) -> dict[str, Any]:
     """Flat figures of a pair for tables and JSON: MI, landmark rTRE before/after, QC picture."""
-    result = row.result or {}
-    lm = result.get("landmarks") or {}
-    return {
-        "final_mi": result.get("final_mi"),
-        "iterations": result.get("iterations"),
-        "rtre_median": lm.get("rtre_median"),
-        "identity_rtre_median": lm.get("identity_rtre_median"),
-        "tre_median_px": lm.get("tre_median_px"),
-        "qc_png": result.get("qc_png"),
-    }
+    from drmime_batch.outcome import PairOutcome
+
+    return PairOutcome.from_row(row).summary()
 
 
 def _fmt(value: Any, spec: str) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from drmime_batch.core._bases import TRANSFORMS
+from drmime_batch.errors import ConfigError
 
 __all__ = ["METRIC_NAMES", "RegistrationConfig"]
 
@@ -107,18 +108,18 @@ class RegistrationConfig:
     def __post_init__(self) -> None:
         self._check_types()
         if self.transform not in TRANSFORMS:
-            raise ValueError(f"transform must be one of {sorted(TRANSFORMS)}, got {self.transform!r}")
+            raise ConfigError(f"transform must be one of {sorted(TRANSFORMS)}, got {self.transform!r}")
         if self.metric not in METRIC_NAMES:
-            raise ValueError(f"metric must be one of {list(METRIC_NAMES)}, got {self.metric!r}")
+            raise ConfigError(f"metric must be one of {list(METRIC_NAMES)}, got {self.metric!r}")
         if self.init not in ("search", "moments", "none"):
-            raise ValueError(f"init must be 'search', 'moments' or 'none', got {self.init!r}")
+            raise ConfigError(f"init must be 'search', 'moments' or 'none', got {self.init!r}")
         if self.mask not in ("auto", "none"):
-            raise ValueError(f"mask must be 'auto' or 'none', got {self.mask!r}")
+            raise ConfigError(f"mask must be 'auto' or 'none', got {self.mask!r}")
         if self.sampling not in ("edges", "uniform"):
-            raise ValueError(f"sampling must be 'edges' or 'uniform', got {self.sampling!r}")
+            raise ConfigError(f"sampling must be 'edges' or 'uniform', got {self.sampling!r}")
         for name in ("max_size", "levels", "points", "fine_points", "max_iterations", "hidden", "init_angles"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.min_iterations > self.max_iterations:
             object.__setattr__(self, "min_iterations", self.max_iterations)
 
@@ -130,18 +131,18 @@ class RegistrationConfig:
                 continue
             if kind == "float":
                 if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
-                    raise ValueError(f"{f.name} must be a number, got {value!r}")
+                    raise ConfigError(f"{f.name} must be a number, got {value!r}")
                 object.__setattr__(self, f.name, float(value))
             elif kind in ("int", "int | None"):
                 if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and float(value).is_integer():
                     value = int(value)
                 if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                    raise ValueError(f"{f.name} must be an integer, got {value!r}")
+                    raise ConfigError(f"{f.name} must be an integer, got {value!r}")
                 object.__setattr__(self, f.name, int(value))
             elif kind == "bool" and not isinstance(value, bool):
-                raise ValueError(f"{f.name} must be true or false, got {value!r}")
+                raise ConfigError(f"{f.name} must be true or false, got {value!r}")
             elif kind == "str" and not isinstance(value, str):
-                raise ValueError(f"{f.name} must be a string, got {value!r}")
+                raise ConfigError(f"{f.name} must be a string, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict of every field."""
@@ -155,5 +156,5 @@ class RegistrationConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise TypeError(f"unknown registration option(s) {unknown}; known: {sorted(names)}")
+            raise ConfigError(f"unknown registration option(s) {unknown}; known: {sorted(names)}")
         return cls(**dict(data))

@@ -43,9 +43,9 @@ def local_cluster_size(workers: int | None = None, threads_per_worker: int | Non
     1
     """
     if workers is not None and workers < 1:
-        raise ClusterConfigError(f"--workers must be at least 1, got {workers}")
+        raise ClusterConfigError(f"the number of workers must be at least 1, got {workers}")
     if threads_per_worker is not None and threads_per_worker < 1:
-        raise ClusterConfigError(f"--threads-per-worker must be at least 1, got {threads_per_worker}")
+        raise ClusterConfigError(f"threads per worker must be at least 1, got {threads_per_worker}")
     threads = threads_per_worker or 1
     n = workers or max(1, _cpu_count() // threads)
     return n, threads
@@ -58,7 +58,7 @@ def _security(cluster_config: Path | None) -> Security | None:
     except ImportError:
         if cluster_config is not None:
             raise ClusterConfigError(
-                f"--cluster-config {cluster_config} given but the HPC support module is not available"
+                f"cluster config {cluster_config} given but the HPC support module is not available"
             ) from None
         return None
     return load_security(Path(cluster_config) if cluster_config is not None else None)
@@ -116,16 +116,16 @@ def open_client(
     from distributed import Client, LocalCluster
 
     if scheduler and scheduler_file:
-        raise ClusterConfigError("give --scheduler or --scheduler-file, not both")
+        raise ClusterConfigError("give a scheduler address or a scheduler file, not both")
     if cluster not in CLUSTER_KINDS:
-        raise ClusterConfigError(f"--cluster must be one of {', '.join(CLUSTER_KINDS)}, got {cluster!r}")
+        raise ClusterConfigError(f"the cluster kind must be one of {', '.join(CLUSTER_KINDS)}, got {cluster!r}")
     config = Path(cluster_config) if cluster_config is not None else None
     if config is not None and not config.is_file():
         raise ClusterConfigError(f"cluster config {config} does not exist")
     with contextlib.ExitStack() as stack:
         if scheduler or scheduler_file:
             if cluster != "local":
-                raise ClusterConfigError(f"--cluster {cluster} cannot be combined with --scheduler/--scheduler-file")
+                raise ClusterConfigError(f"a {cluster} cluster cannot be combined with a scheduler address or file (they name one already running)")
             if scheduler_file is not None and not Path(scheduler_file).is_file():
                 raise ClusterConfigError(f"scheduler file {scheduler_file} does not exist")
             security = _security(config)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from drmime_batch.engine._task import PROGRESS_TOPIC, PairTask, register_pair
+from drmime_batch.outcome import PairOutcome
 from drmime_batch.queue import PairRow, Queue
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ __all__ = ["RunEvent", "RunOptions", "RunSummary", "run_queue"]
 logger = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
+#: Parts of a pair's outcome the queue holds in columns of their own, not in its ``result``.
+_KEPT_APART = ("matrix", "ok", "error", "traceback", "pid")
 _WARP_PRIORITY = 10
 
 
@@ -116,6 +119,18 @@ def _is_worker_loss(exc: BaseException) -> bool:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _with_traceback(outcome: PairOutcome, exc: BaseException) -> PairOutcome:
+    """``outcome`` carrying the traceback of ``exc`` when ``exc`` is a bug rather than bad input."""
+    import traceback
+
+    from drmime_batch.errors import DrmimeError
+
+    if isinstance(exc, (DrmimeError, OSError)):
+        return outcome
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return outcome.with_(traceback=text)
 
 
 def _warp_pair(row: PairRow, matrix: Any) -> None:
@@ -258,24 +273,27 @@ class _Driver:
             self.emit(RunEvent("progress", pair_id=pair_id, worker=msg.get("worker"),
                                iteration=msg.get("iteration"), value=msg.get("value")))
 
-    def _finish(self, pair_id: str, result: dict[str, Any], seconds: float) -> None:
+    def _finish(self, pair_id: str, outcome: PairOutcome, seconds: float) -> None:
         from drmime_batch.io import pair_is_complete
 
         row = self._row(pair_id)
         if not pair_is_complete(row.out, pair_id, warp=self.opt.warp):
-            self._fail(pair_id, f"outputs of {pair_id} in {row.out} are incomplete after the run", result)
+            self._fail(pair_id, f"outputs of {pair_id} in {row.out} are incomplete after the run", outcome)
             return
-        summary = {k: v for k, v in result.items() if k not in ("matrix", "ok", "error", "pid")}
-        summary["warped"] = self.opt.warp
-        self.q.finish(pair_id, matrix=result["matrix"], result=summary, seconds=seconds,
-                      worker=result.get("worker"), device=result.get("device"))
+        outcome = outcome.with_(warped=self.opt.warp, seconds=seconds)
+        assert outcome.matrix is not None  # a finished outcome has its matrix (PairOutcome checks)
+        # the queue keeps the matrix in its own column; the rest of the record is the result
+        record = {k: v for k, v in outcome.to_dict().items() if k not in _KEPT_APART}
+        self.q.finish(pair_id, matrix=outcome.matrix.tolist(), result=record, seconds=seconds,
+                      worker=outcome.worker, device=outcome.device)
         self.done.append(pair_id)
         self.emit(RunEvent("done", pair_id=pair_id, row=self._row(pair_id)))
 
-    def _fail(self, pair_id: str, error: str, result: dict[str, Any] | None = None) -> None:
-        result = result or {}
-        self.q.fail(pair_id, error, seconds=result.get("seconds"), worker=result.get("worker"),
-                    device=result.get("device"))
+    def _fail(self, pair_id: str, error: str, outcome: PairOutcome | None = None) -> None:
+        self.q.fail(pair_id, error, seconds=None if outcome is None else outcome.seconds,
+                    worker=None if outcome is None else outcome.worker,
+                    device=None if outcome is None else outcome.device,
+                    traceback=None if outcome is None else outcome.traceback)
         self.failed.append(pair_id)
         self.emit(RunEvent("failed", pair_id=pair_id, row=self._row(pair_id), message=error))
 
@@ -291,21 +309,21 @@ class _Driver:
         status = future.status
         if status == "finished":
             try:
-                result = future.result()
+                outcome: PairOutcome = future.result()
             except Exception as exc:  # noqa: BLE001 - e.g. result lost with its worker
                 return self._on_error(pair_id, exc)
             finally:
                 future.release()
-            self.q.set_where(pair_id, worker=result.get("worker"), device=result.get("device"))
-            if not result.get("ok"):
-                return self._fail(pair_id, str(result.get("error")), result)
+            self.q.set_where(pair_id, worker=outcome.worker, device=outcome.device)
+            if not outcome.ok:
+                return self._fail(pair_id, str(outcome.error), outcome)
             if self.opt.warp:
                 row = self._row(pair_id)
                 self.emit(RunEvent("warping", pair_id=pair_id, row=row))
-                wf = self.warp_pool.submit(_warp_pair, row, result["matrix"])
-                self.warps[wf] = (pair_id, result, time.perf_counter())
+                wf = self.warp_pool.submit(_warp_pair, row, outcome.matrix)
+                self.warps[wf] = (pair_id, outcome, time.perf_counter())
             else:
-                self._finish(pair_id, result, float(result.get("seconds") or 0.0))
+                self._finish(pair_id, outcome, float(outcome.seconds or 0.0))
             return
         exc: BaseException
         try:
@@ -327,20 +345,23 @@ class _Driver:
             else:
                 self._fail(pair_id, f"workers died {row.attempts} times running it: {_one_line(exc)}")
         else:
-            self._fail(pair_id, _one_line(exc))
+            # raised by the task rather than returned: not a bad input (those are returned), keep
+            # the traceback the worker sent along
+            failed = PairOutcome.failed(pair_id, _one_line(exc), failure="internal")
+            self._fail(pair_id, _one_line(exc), _with_traceback(failed, exc))
 
     def _check_warps(self) -> bool:
         finished = [wf for wf in self.warps if wf.done()]
         for wf in finished:
-            pair_id, result, t_start = self.warps.pop(wf)
-            seconds = float(result.get("seconds") or 0.0) + (time.perf_counter() - t_start)
+            pair_id, outcome, t_start = self.warps.pop(wf)
+            seconds = float(outcome.seconds or 0.0) + (time.perf_counter() - t_start)
             exc = wf.exception()
             if exc is None:
-                self._finish(pair_id, result, seconds)
+                self._finish(pair_id, outcome, seconds)
             elif self.stop.is_set():
                 self._requeue(pair_id, "interrupted while warping")
             else:
-                self._fail(pair_id, f"warping {pair_id}: {_one_line(exc)}", result)
+                self._fail(pair_id, f"warping {pair_id}: {_one_line(exc)}", _with_traceback(outcome, exc))
         return bool(finished)
 
     # -------------------------------------------------------------- loop

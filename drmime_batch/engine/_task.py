@@ -1,15 +1,16 @@
-"""The task a Dask worker runs for one pair: open, register, write the transform, score.
+"""The task a Dask worker runs for one pair: register the two files, write the transform, score.
 
-It receives paths and options only (nothing heavy travels through the scheduler), opens both
-images itself, registers a pyramid level of at most ``max_size`` pixels (with the pair's tissue
-masks when it has them, each read at its level closest to, and not smaller than, the image level),
-converts the matrix to full resolution, writes ``<out>/<pair_id>/transform`` (atomically) and the
-QC picture, scores the landmarks when the pair has them, and returns a small JSON-ready dict.
+It receives paths and options only (nothing heavy travels through the scheduler) and calls
+:func:`drmime_batch.register_files` (open both images, pick and read the pyramid level of at most
+``max_size`` pixels, masks, register, full-resolution matrix), writes
+``<out>/<pair_id>/transform`` (atomically) and the QC picture, scores the landmarks when the pair
+has them, and returns a :class:`~drmime_batch.outcome.PairOutcome`.
 
-Expected failures (missing or corrupt image or mask file, unsupported format, constant image, a
-mask of another aspect ratio or covering nothing, divergence) are returned as
-``{"ok": False, "error": "<one line naming the file and cause>"}`` rather than raised, so that the
-driver can tell them from a lost worker.
+Failures are returned, not raised, so that the driver can tell them from a lost worker: a bad
+input (missing or corrupt image or mask file, unsupported format, constant image, a mask of
+another aspect ratio or covering nothing) or a diverged optimisation gives ``ok=False`` with one
+line naming the file and the cause; any other exception is a bug, and its traceback is kept in the
+outcome (``failure="internal"``).
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ import os
 import socket
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import numpy as np
+
+from drmime_batch.outcome import PairOutcome
 
 __all__ = ["PROGRESS_TOPIC", "PairTask", "register_pair"]
 
@@ -31,7 +35,9 @@ logger = logging.getLogger(__name__)
 
 #: Topic of the worker events (start, progress) the driver subscribes to.
 PROGRESS_TOPIC = "drmime-batch-progress"
-_DEFAULT_MAX_SIZE = 1024
+#: dask scheduler for the arrays a task computes itself (passed per call: dask.config.set would
+#: change it for every thread of the worker process).
+_SCHEDULER = "synchronous"
 _PUBLISH_EVERY_S = 0.5
 
 
@@ -66,25 +72,25 @@ class PairTask:
 
 
 def _one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line; a located error reads ``<where>: Type: <cause>``."""
+    where, cause = getattr(exc, "where", None), getattr(exc, "cause", None)
+    if where and cause is not None:
+        return f"{where}: {type(exc).__name__}: {cause}"
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-class _Failure(Exception):
-    """Carries a finished one-line message out of a step."""
+def _failure_kind(exc: BaseException) -> str:
+    """Which of :data:`~drmime_batch.outcome.FAILURE_KINDS` an exception is."""
+    from drmime_batch.errors import DrmimeError, IncompleteOutputError, OutputStoreError, RegistrationDivergedError
 
-
-def _step(what: str, fn: Callable[[], Any]) -> Any:
-    """Run ``fn``; turn any error into a one-line :class:`_Failure` prefixed by ``what``."""
-    try:
-        return fn()
-    except _Failure:
-        raise
-    except MemoryError:
-        raise
-    except Exception as exc:
-        message = _one_line(exc)
-        raise _Failure(message if what in message else f"{what}: {message}") from exc
+    if isinstance(exc, RegistrationDivergedError):
+        return "diverged"
+    if isinstance(exc, (OutputStoreError, IncompleteOutputError)):
+        return "output"
+    if isinstance(exc, DrmimeError):
+        return "input"
+    return "internal"
 
 
 def _worker_context() -> tuple[Any, str]:
@@ -136,8 +142,8 @@ def _publish(worker: Any, msg: dict[str, Any]) -> None:
         logger.debug("could not publish progress of %s", msg.get("pair_id"), exc_info=True)
 
 
-def register_pair(task: PairTask) -> dict[str, Any]:
-    """Register one pair on this worker and write its transform; return a small summary.
+def register_pair(task: PairTask) -> PairOutcome:
+    """Register one pair on this worker and write its transform; return its :class:`PairOutcome`.
 
     Computes (eagerly, on this process) and writes files under ``task.out/task.pair_id``.
 
@@ -147,38 +153,46 @@ def register_pair(task: PairTask) -> dict[str, Any]:
 
     Returns
     -------
-    dict
-        ``ok`` (bool); when true: ``matrix`` (3x3 nested lists, fixed → moving, full-resolution
-        pixels), ``final_mi``, ``iterations``, ``timings``, ``device``, ``levels`` (the pyramid
-        level and downsample used for each image), ``fixed_shape``, ``masks`` (per image: the
-        mask's ``source`` auto/user/none, tissue ``fraction``, ``crop``, and ``file`` for a user
-        mask), ``landmarks`` (scores dict, when the pair has landmarks), ``qc_png``; when false:
-        ``error`` (one line). Always ``pair_id``, ``worker``, ``pid``, ``seconds``.
+    PairOutcome
+        ``ok`` with the full-resolution ``matrix``, the full-resolution registration record, both
+        images (shape, pixel size, level and crop registered), masks, landmark scores (in µm too
+        when the moving image has a pixel size) and the QC picture; or ``ok=False`` with a one-line
+        ``error``, its ``failure`` kind and, for an unexpected error (a bug), the ``traceback``.
+        Always ``pair_id``, ``worker``, ``pid``, ``attempt``, ``seconds``.
+
+    Notes
+    -----
+    A bad input never raises here: the driver tells a returned failure from a lost worker.
+    ``MemoryError`` does raise (the worker is likely in trouble; the driver retries elsewhere).
     """
     t0 = time.perf_counter()
     worker, address = _worker_context()
     base = {"pair_id": task.pair_id, "worker": address, "pid": os.getpid(), "attempt": task.attempt}
     _publish(worker, {**base, "event": "start", "time": time.time()})
-    import dask
-
+    where = {"worker": address, "pid": os.getpid(), "attempt": task.attempt}
     try:
-        # any dask array computed here (reading a level, a QC overlay) stays on this thread: a task
-        # waiting on chunk tasks of its own cluster can deadlock single-threaded workers
-        with dask.config.set(scheduler="synchronous"):
-            summary = _register(task, worker, base)
-    except _Failure as exc:
-        return {**base, "ok": False, "error": str(exc), "seconds": time.perf_counter() - t0}
-    return {**base, **summary, "ok": True, "seconds": time.perf_counter() - t0}
+        outcome = _register(task, worker, base)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the pair's outcome, never the worker's
+        kind = _failure_kind(exc)
+        error = _one_line(exc)
+        if kind == "internal":
+            error = (f"internal error (a bug; the traceback is kept) while registering {task.moving} onto "
+                     f"{task.fixed}: {error}")
+        return PairOutcome.failed(
+            task.pair_id, error, failure=kind,
+            traceback=traceback.format_exc() if kind == "internal" else None,
+            seconds=time.perf_counter() - t0, **where,
+        )
+    return outcome.with_(seconds=time.perf_counter() - t0, **where)
 
 
-def _register(task: PairTask, worker: Any, base: dict[str, Any]) -> dict[str, Any]:
-    from drmime_batch import register
-    from drmime_batch.core._convention import matrix_from_crop, matrix_from_level
-    from drmime_batch.errors import InputImageError
-    from drmime_batch.io import open_image, read_mask, read_tissue, write_qc, write_transform
+def _register(task: PairTask, worker: Any, base: dict[str, Any]) -> PairOutcome:
+    from drmime_batch._files import register_files
+    from drmime_batch.io import open_image, write_qc, write_transform
 
     options = dict(task.options)
-    max_size = int(options.get("max_size") or _DEFAULT_MAX_SIZE)
     if worker is not None:
         import torch
 
@@ -186,34 +200,6 @@ def _register(task: PairTask, worker: Any, base: dict[str, Any]) -> dict[str, An
         threads = int(options.get("threads") or _nthreads(worker))
         torch.set_num_threads(threads)
         options["threads"] = threads
-
-    fixed_img = _step(f"fixed image {task.fixed}", lambda: open_image(task.fixed))
-    moving_img = _step(f"moving image {task.moving}", lambda: open_image(task.moving))
-    f_level = _step(f"fixed image {task.fixed}", lambda: fixed_img.level_for(max_size=max_size))
-    m_level = _step(f"moving image {task.moving}", lambda: moving_img.level_for(max_size=max_size))
-    fixed = _step(f"fixed image {task.fixed}", lambda: fixed_img.read_level(f_level))
-    moving = _step(f"moving image {task.moving}", lambda: moving_img.read_level(m_level))
-    for role, path, arr in (("fixed", task.fixed, fixed), ("moving", task.moving, moving)):
-        a = np.asarray(arr)
-        if a.size == 0 or not np.isfinite(a).any() or float(np.nanmax(a)) == float(np.nanmin(a)):
-            raise _Failure(f"{role} image {path}: InputImageError: the image is empty or constant "
-                           f"(shape {a.shape}, value {float(np.nanmax(a)) if a.size else 'none'})")
-    masks = {
-        f"{role}_mask": _step(f"{role} mask {path}", lambda p=path, a=arr: read_mask(p, np.shape(a)))
-        for role, path, arr in (("fixed", task.fixed_mask, fixed), ("moving", task.moving_mask, moving))
-        if path
-    }
-    # Small tissue on a large slide: read the tissue's box from a finer level instead (automatic
-    # masks only; a user mask keeps the level it was read for).
-    offsets = {"fixed": (0, 0), "moving": (0, 0)}
-    crops: dict[str, Any] = {}
-    if options.get("mask", "auto") != "none":
-        if not task.fixed_mask:
-            fixed, f_level, offsets["fixed"], crops["fixed_crop"] = _step(
-                f"fixed image {task.fixed}", lambda: read_tissue(fixed_img, f_level, fixed, max_size))
-        if not task.moving_mask:
-            moving, m_level, offsets["moving"], crops["moving_crop"] = _step(
-                f"moving image {task.moving}", lambda: read_tissue(moving_img, m_level, moving, max_size))
 
     last = [0.0]
 
@@ -223,60 +209,62 @@ def _register(task: PairTask, worker: Any, base: dict[str, Any]) -> dict[str, An
             last[0] = now
             _publish(worker, {**base, "event": "progress", "iteration": int(iteration), "value": float(value)})
 
-    try:
-        result = _step(
-            f"registering {task.moving} onto {task.fixed}",
-            lambda: register(fixed, moving, callback=callback, **masks, **options),
-        )
-    except _Failure as exc:
-        # an InputImageError about a mask ("fixed mask has shape ...") names the mask file instead
-        cause = exc.__cause__
-        for role in ("fixed", "moving"):
-            path = getattr(task, f"{role}_mask")
-            if path and isinstance(cause, InputImageError) and str(cause).startswith(f"{role} mask"):
-                raise _Failure(f"{role} mask {path}: {_one_line(cause)}") from cause
-        raise
-    f_ds, m_ds = fixed_img.downsamples[f_level], moving_img.downsamples[m_level]
-    level_matrix = matrix_from_crop(result.matrix, fixed_offset=offsets["fixed"], moving_offset=offsets["moving"])
-    matrix = matrix_from_level(level_matrix, fixed_downsample=f_ds, moving_downsample=m_ds)
-    if not np.all(np.isfinite(matrix)):
-        raise _Failure(f"registering {task.moving} onto {task.fixed}: RegistrationDivergedError: non-finite matrix")
-    full_shape = tuple(int(v) for v in fixed_img.levels[0].shape[:2])
-    levels = {
-        "fixed_level": int(f_level),
-        "moving_level": int(m_level),
-        "fixed_downsample": [float(v) for v in np.broadcast_to(f_ds, 2)],
-        "moving_downsample": [float(v) for v in np.broadcast_to(m_ds, 2)],
-        **{k: v for k, v in crops.items() if v is not None},
-    }
+    # Any dask array computed here (a level, a tissue box, the QC thumbnails) is computed on this
+    # thread: a task waiting on chunk tasks of its own cluster can deadlock single-threaded workers.
+    reg = register_files(task.fixed, task.moving, fixed_mask=task.fixed_mask, moving_mask=task.moving_mask,
+                         callback=callback, scheduler=_SCHEDULER, **options)
+    result, matrix = reg.result, reg.matrix
+    record = result.to_dict()
     attrs = {
         "pair_id": task.pair_id,
         "fixed": task.fixed,
         "moving": task.moving,
-        "result": result.to_dict(),
-        **levels,
+        "result": record,
+        "fixed_level": reg.fixed.level,
+        "moving_level": reg.moving.level,
+        "fixed_downsample": list(reg.fixed.downsample),
+        "moving_downsample": list(reg.moving.downsample),
+        **{f"{role}_crop": list(side.crop) for role, side in (("fixed", reg.fixed), ("moving", reg.moving))
+           if side.crop is not None},
     }
-    _step(f"writing the transform of {task.pair_id} to {task.out}",
-          lambda: write_transform(task.out, task.pair_id, matrix, attrs=attrs,
-                                  fixed_pixel_size=fixed_img.pixel_size, moving_pixel_size=moving_img.pixel_size))
-    qc = _step(f"writing the QC picture of {task.pair_id} to {task.out}",
-               lambda: write_qc(task.out, task.pair_id, fixed_img, moving_img, matrix))
-    summary: dict[str, Any] = {
-        "matrix": matrix.tolist(),
-        "final_mi": float(result.final_mi),
-        "iterations": int(result.iterations),
-        "timings": {k: float(v) for k, v in result.timings.items()},
-        "device": str(result.device),
-        "transform": result.transform,
-        "metric": result.metric,
-        "fixed_shape": list(full_shape),
-        "qc_png": str(qc) if qc else None,
-        "masks": _masks_record(getattr(result, "masks", None) or {}, task),
-        **levels,
-    }
+    _writing(f"writing the transform of {task.pair_id} to {task.out}", lambda: write_transform(
+        task.out, task.pair_id, matrix, attrs=attrs,
+        fixed_pixel_size=reg.fixed.pixel_size, moving_pixel_size=reg.moving.pixel_size))
+    # the QC picture reads thumbnails: the files are opened again (metadata only, cached handles)
+    qc = _writing(f"writing the QC picture of {task.pair_id} to {task.out}", lambda: write_qc(
+        task.out, task.pair_id, open_image(task.fixed), open_image(task.moving), matrix, scheduler=_SCHEDULER))
+    landmarks = None
     if task.fixed_landmarks and task.moving_landmarks:
-        summary["landmarks"] = _score_landmarks(task, matrix, full_shape)
-    return summary
+        landmarks = _score_landmarks(task, matrix, reg.fixed.shape, reg.moving.pixel_size)
+    return PairOutcome(
+        pair_id=task.pair_id,
+        ok=True,
+        fixed=reg.fixed,
+        moving=reg.moving,
+        matrix=matrix,
+        registration=record,
+        final_mi=float(result.final_mi),
+        iterations=int(result.iterations),
+        timings={k: float(v) for k, v in result.timings.items()},
+        device=str(result.device),
+        transform=result.transform,
+        metric=result.metric,
+        masks=_masks_record(result.masks or {}, task),
+        landmarks=landmarks,
+        qc_png=str(qc) if qc else None,
+    )
+
+
+def _writing(what: str, fn: Callable[[], Any]) -> Any:
+    """Run an output step; a storage failure (disk full, permissions) is the output's, told as such."""
+    from drmime_batch.errors import DrmimeError, OutputStoreError
+
+    try:
+        return fn()
+    except DrmimeError as exc:
+        raise OutputStoreError(f"{what}: {_one_line(exc)}") from exc
+    except OSError as exc:
+        raise OutputStoreError(f"{what}: {_one_line(exc)}") from exc
 
 
 def _masks_record(masks: Mapping[str, Any], task: PairTask) -> dict[str, Any]:
@@ -292,13 +280,17 @@ def _masks_record(masks: Mapping[str, Any], task: PairTask) -> dict[str, Any]:
     return out
 
 
-def _score_landmarks(task: PairTask, matrix: np.ndarray, fixed_shape: tuple[int, ...]) -> dict[str, Any]:
-    """Landmark scores as a dict; a landmark problem is reported, not fatal to the pair."""
+def _score_landmarks(task: PairTask, matrix: np.ndarray, fixed_shape: tuple[int, ...],
+                     pixel_size: tuple[float, float] | None) -> dict[str, Any]:
+    """Landmark scores as a dict (µm figures too when the moving image's pixel size is known).
+
+    A landmark problem is reported in the dict, not fatal to the pair.
+    """
     from drmime_batch.evaluation import evaluate_matrix, read_landmarks
 
     try:
         fixed_lm = read_landmarks(task.fixed_landmarks)
         moving_lm = read_landmarks(task.moving_landmarks)
-        return evaluate_matrix(matrix, fixed_lm, moving_lm, fixed_shape=fixed_shape).to_dict()
+        return evaluate_matrix(matrix, fixed_lm, moving_lm, fixed_shape=fixed_shape, pixel_size=pixel_size).to_dict()
     except Exception as exc:  # noqa: BLE001 - the registration itself succeeded
         return {"error": _one_line(exc)}

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from drmime_batch.outcome import PairOutcome
 from drmime_batch.errors import DrmimeError, LandmarkError
 from drmime_batch.evaluation._fit import best_fit_matrix
 from drmime_batch.evaluation._landmarks import read_landmarks
@@ -108,18 +109,16 @@ def image_shape(path: str | Path) -> tuple[int, int]:
 
 
 def _fixed_shape(row: _RowLike) -> tuple[int, int]:
-    stored = (row.result or {}).get("fixed_shape")
-    if isinstance(stored, (list, tuple)) and len(stored) >= 2:
-        return int(stored[0]), int(stored[1])
+    shape = PairOutcome.from_row(row).fixed_shape
+    if shape is not None and len(shape) >= 2:
+        return int(shape[0]), int(shape[1])
     return image_shape(row.fixed)
 
 
-def _pixel_size(row: _RowLike) -> Any:
-    result = row.result or {}
-    for key in ("pixel_size", "moving_pixel_size", "fixed_pixel_size"):
-        if result.get(key):
-            return result[key]
-    return None
+def _pixel_size(row: _RowLike) -> tuple[float, float] | None:
+    """µm per pixel of the moving image (where landmark errors are measured), when recorded."""
+    moving = PairOutcome.from_row(row).moving
+    return None if moving is None else moving.pixel_size
 
 
 def evaluate_rows(rows: Iterable[_RowLike], *, floor: bool = True) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ def mask_level_for(mask: MultiscaleImage, shape: Sequence[int]) -> int:
     return 0
 
 
-def read_mask(path: str | Path, shape: Sequence[int]) -> np.ndarray:
+def read_mask(path: str | Path, shape: Sequence[int], *, scheduler: str | None = None) -> np.ndarray:
     """Open a tissue-mask image and read the level closest to, and not smaller than, ``shape``.
 
     The mask is opened like an image (:func:`open_image`: TIFF family, OME-Zarr / zarr, PNG,
@@ -69,10 +69,12 @@ def read_mask(path: str | Path, shape: Sequence[int]) -> np.ndarray:
     (150, 200)
     """
     img = open_image(path)
-    return img.read_level(mask_level_for(img, shape))
+    return img.read_level(mask_level_for(img, shape), scheduler=scheduler)
 
 
-def read_tissue(image: MultiscaleImage, level: int, overview: np.ndarray, max_size: int) -> tuple[np.ndarray, int, tuple[int, int], list[int] | None]:
+def read_tissue(
+    image: MultiscaleImage, level: int, overview: np.ndarray, max_size: int, *, scheduler: str | None = None
+) -> tuple[np.ndarray, int, tuple[int, int], list[int] | None]:
     """The tissue of ``image`` at the finest level where its box fits ``max_size``.
 
     ``overview`` is level ``level`` (already read). When its automatic tissue mask covers a small
@@ -80,13 +82,14 @@ def read_tissue(image: MultiscaleImage, level: int, overview: np.ndarray, max_si
     small biopsy on a large slide is registered at the resolution it needs; only the chunks under
     the box are read. Returns the array, its level, the box's top-left ``(x, y)`` in that level's
     pixels and the box ``[y0, y1, x0, x1]`` (None, with the overview unchanged, when nothing is cut).
+    ``scheduler`` is passed to dask's ``compute`` (None: the active one).
     """
     from drmime_batch.core._mask import tissue_box, tissue_mask
 
     # the mask needs a few hundred pixels to tell tissue from glass: a smaller overview is
     # complemented by a read of the level that fits 1024 px (cheap, and only for the mask)
     mask_level = min(level, image.level_for(max_size=1024))
-    mask = tissue_mask(overview if mask_level == level else image.read_level(mask_level))
+    mask = tissue_mask(overview if mask_level == level else image.read_level(mask_level, scheduler=scheduler))
     if mask.mean() < 0.005:
         return overview, level, (0, 0), None
     box = tissue_box(mask)
@@ -102,5 +105,5 @@ def read_tissue(image: MultiscaleImage, level: int, overview: np.ndarray, max_si
     h, w = (int(v) for v in image.levels[finer].shape[:2])
     r0, r1 = max(0, int(np.floor(y0 / fy))), min(h, int(np.ceil(y1 / fy)))
     c0, c1 = max(0, int(np.floor(x0 / fx))), min(w, int(np.ceil(x1 / fx)))
-    crop = np.asarray(image.levels[finer][r0:r1, c0:c1].compute())
+    crop = np.asarray(image.levels[finer][r0:r1, c0:c1].compute(scheduler=scheduler))
     return crop, finer, (c0, r0), [r0, r1, c0, c1]

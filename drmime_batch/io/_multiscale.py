@@ -213,11 +213,15 @@ class MultiscaleImage:
                 return i
         return len(self._levels) - 1
 
-    def read_level(self, index: int) -> np.ndarray:
-        """Compute one level (and only what it needs) into a numpy array."""
+    def read_level(self, index: int, *, scheduler: str | None = None) -> np.ndarray:
+        """Compute one level (and only what it needs) into a numpy array.
+
+        ``scheduler`` is passed to dask's ``compute`` (e.g. ``"synchronous"`` inside a task of a
+        distributed cluster); None uses the active one.
+        """
         if not -len(self._levels) <= index < len(self._levels):
             raise IndexError(f"{self.name} has {len(self._levels)} levels, asked for {index}")
-        return np.asarray(self._levels[index].compute())
+        return np.asarray(self._levels[index].compute(scheduler=scheduler))
 
     def to_datatree(self) -> xr.DataTree:
         """An xarray ``DataTree``: one node per level (``"0"``, ``"1"``, ...) holding ``image``.

@@ -41,16 +41,19 @@ def _gray(rgb: np.ndarray) -> np.ndarray:
     return (rgb.astype(np.float64) @ [0.299, 0.587, 0.114]).astype(np.uint8)
 
 
-def qc_panels(fixed: MultiscaleImage, moving: MultiscaleImage, matrix: Any) -> dict[str, np.ndarray]:
+def qc_panels(
+    fixed: MultiscaleImage, moving: MultiscaleImage, matrix: Any, *, scheduler: str | None = None
+) -> dict[str, np.ndarray]:
     """The four uint8 RGB thumbnails of a pair, on the fixed thumbnail's grid for the last two.
 
-    Reads one small level of each image; the registered thumbnail is the moving thumbnail
-    warped with ``matrix`` expressed between the two levels.
+    Reads one small level of each image (with dask's ``scheduler``, None: the active one); the
+    registered thumbnail is the moving thumbnail warped with ``matrix`` expressed between the two
+    levels.
     """
     fl = fixed.level_for(THUMB_SIDE)
     ml = moving.level_for(THUMB_SIDE)
-    f = _display(fixed.read_level(fl))
-    mv = moving.read_level(ml)
+    f = _display(fixed.read_level(fl, scheduler=scheduler))
+    mv = moving.read_level(ml, scheduler=scheduler)
     m_level = matrix_to_level(
         np.asarray(matrix, dtype=np.float64),
         fixed_downsample=fixed.downsamples[fl],
@@ -65,16 +68,18 @@ def qc_panels(fixed: MultiscaleImage, moving: MultiscaleImage, matrix: Any) -> d
 
 
 def write_qc(
-    out: str | Path, pair_id: str, fixed: MultiscaleImage, moving: MultiscaleImage, matrix: Any
+    out: str | Path, pair_id: str, fixed: MultiscaleImage, moving: MultiscaleImage, matrix: Any,
+    *, scheduler: str | None = None,
 ) -> Path | str:
     """Write ``OUT/<pair_id>/qc.png``, a 2x2 grid of labelled thumbnails, atomically.
 
+    ``scheduler`` is passed to dask when the thumbnails are read (None: the active one).
     Returns the path written (a URL string when ``out`` is an fsspec URL: one PUT of the whole
     picture there).
     """
     from PIL import Image, ImageDraw
 
-    panels = qc_panels(fixed, moving, matrix)
+    panels = qc_panels(fixed, moving, matrix, scheduler=scheduler)
     pad, label_h = 6, 16
     cell_h = max(p.shape[0] for p in panels.values())
     cell_w = max(p.shape[1] for p in panels.values())

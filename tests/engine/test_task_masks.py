@@ -44,7 +44,7 @@ def _task(tmp_path: Path, pair: tuple[Path, Path], **masks: object) -> PairTask:
 def test_register_pair_with_a_lower_resolution_user_mask(tmp_path, pair):
     h, w = Image.open(pair[0]).size[::-1]
     mask = _mask(tmp_path / "fixed-mask.png", (h // 2, w // 2))  # half resolution, same aspect ratio
-    summary = register_pair(_task(tmp_path, pair, fixed_mask=str(mask)))
+    summary = register_pair(_task(tmp_path, pair, fixed_mask=str(mask))).to_dict()
     assert summary["ok"], summary.get("error")
     masks = summary["masks"]
     assert masks["fixed"]["source"] == "user" and masks["fixed"]["file"] == str(mask)
@@ -59,7 +59,7 @@ def test_register_pair_with_masks_at_a_higher_resolution(tmp_path, pair):
     h, w = Image.open(pair[0]).size[::-1]
     fixed_mask = _mask(tmp_path / "f.png", (4 * h, 4 * w))  # read at its level closest to the image's
     moving_mask = _mask(tmp_path / "m.png", (2 * h, 2 * w), box=(0.0, 1.0, 0.0, 1.0))
-    summary = register_pair(_task(tmp_path, pair, fixed_mask=str(fixed_mask), moving_mask=str(moving_mask)))
+    summary = register_pair(_task(tmp_path, pair, fixed_mask=str(fixed_mask), moving_mask=str(moving_mask))).to_dict()
     assert summary["ok"], summary.get("error")
     assert summary["masks"]["fixed"]["source"] == summary["masks"]["moving"]["source"] == "user"
     assert summary["masks"]["moving"]["fraction"] == 1.0
@@ -84,7 +84,7 @@ def _truncated(folder: Path, shape: tuple[int, int]) -> Path:
 def test_register_pair_mask_problems_fail_the_pair_naming_the_mask(tmp_path, pair, role, make, cause):
     h, w = Image.open(pair[0]).size[::-1]
     mask = make(tmp_path, (h, w))
-    summary = register_pair(_task(tmp_path, pair, **{f"{role}_mask": str(mask)}))
+    summary = register_pair(_task(tmp_path, pair, **{f"{role}_mask": str(mask)})).to_dict()
     assert summary["ok"] is False
     error = summary["error"]
     assert error.startswith(f"{role} mask {mask}: "), error
@@ -144,7 +144,7 @@ def test_small_tissue_on_a_large_slide_is_read_from_a_finer_level(tmp_path):
     fixed, moving = slide(300, 500, "fixed.png"), slide(340, 475, "moving.png")
     options = OPTIONS | {"max_iterations": 150, "min_iterations": 60}
     task = PairTask(pair_id="small", fixed=str(fixed), moving=str(moving), out=str(tmp_path / "o.zarr"), options=options)
-    summary = register_pair(task)
+    summary = register_pair(task).to_dict()
     assert summary["ok"], summary.get("error")
     assert summary["fixed_level"] < 3 and summary["moving_level"] < 3  # finer than the 200-px overview
     y0, y1, x0, x1 = summary["fixed_crop"]
