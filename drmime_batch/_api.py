@@ -14,7 +14,7 @@ from drmime_batch.core._convention import matrix_from_crop, matrix_from_level
 from drmime_batch.core._mask import tissue_box
 from drmime_batch.core._optimise import optimise
 from drmime_batch.core._result import RegistrationResult
-from drmime_batch.errors import InputImageError
+from drmime_batch.errors import DrmimeWarning, InputImageError
 
 __all__ = ["register"]
 
@@ -54,6 +54,7 @@ def _coerce_image(image: Any, name: str) -> np.ndarray:
     if not finite.all():
         warnings.warn(
             f"{name} image has {int((~finite).sum())} non-finite values; they are treated as background",
+            DrmimeWarning,
             stacklevel=3,
         )
         arr = np.where(finite, arr, np.nanmin(np.where(finite, arr, np.nan)))

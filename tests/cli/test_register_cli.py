@@ -134,3 +134,35 @@ def test_register_mask_problems_are_one_line_naming_the_mask(tmp_path):
     proc = cli("register", FIXED, MOVING, *QUICK, "--fixed-mask", square, check=1)
     line = _one_error_line(proc.stderr)
     assert str(square) in line and "aspect ratio" in line
+
+
+def test_register_and_a_batch_worker_give_the_same_matrix(tmp_path):
+    """One function registers two files for both: the command's record equals the worker's outcome."""
+    from drmime_batch.engine import PairTask
+    from drmime_batch.engine._task import register_pair
+
+    out = tmp_path / "pair.json"
+    cli("register", FIXED, MOVING, *QUICK, "--out", out, timeout=120)
+    record = json.loads(out.read_text())
+    task = PairTask(pair_id="p", fixed=str(FIXED), moving=str(MOVING), out=str(tmp_path / "out.zarr"),
+                    options={"max_size": 256, "max_iterations": 100, "seed": 3, "device": "cpu", "threads": 1})
+    outcome = register_pair(task)
+    assert outcome.ok, outcome.error
+    assert np.allclose(outcome.matrix, record["matrix"], atol=1e-9)  # deterministic on the CPU
+    assert (outcome.fixed.level, outcome.moving.level) == (record["fixed_level"], record["moving_level"]) == (2, 2)
+
+
+def test_a_user_mistake_is_one_line_and_its_traceback_comes_with_verbose(tmp_path):
+    missing = tmp_path / "no-such-slide.tif"
+    quiet = cli("register", FIXED, missing, *QUICK, check=1)
+    assert _one_error_line(quiet.stderr) == (
+        f"drmime-batch register: error: moving image {missing}: no such file or directory")
+    loud = cli("-v", "register", FIXED, missing, *QUICK, check=1)
+    assert "Traceback (most recent call last)" in loud.stderr and "ImageNotFoundError" in loud.stderr
+    assert loud.stderr.rstrip().splitlines()[-1] == _one_error_line(quiet.stderr)
+
+
+def test_an_invalid_option_is_refused_before_anything_is_read(tmp_path):
+    proc = cli("register", tmp_path / "never-opened.tif", MOVING, "--option", "lr_transform=abc", check=1)
+    line = _one_error_line(proc.stderr)
+    assert "lr_transform must be a number, got 'abc'" in line and "never-opened" not in line
