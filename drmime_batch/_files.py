@@ -170,7 +170,11 @@ def register_files(
     ((3, 3), True)
     """
     from drmime_batch._api import register
-    from drmime_batch.core import RegistrationConfig, matrix_from_crop, matrix_from_level
+    from drmime_batch.core import (
+        RegistrationConfig,
+        matrix_from_crop,
+        matrix_from_level,
+    )
     from drmime_batch.io import open_image, read_mask, read_tissue
 
     t0 = time.perf_counter()
@@ -200,7 +204,7 @@ def register_files(
                 role, "image", paths[role],
                 lambda i=img, lv=level, px=pixels: read_tissue(i, lv, px, cfg.max_size, scheduler=scheduler))
             images[role] = [img, level, pixels, offset, crop]
-    (f_img, f_level, f_px, f_off, f_crop), (m_img, m_level, m_px, m_off, m_crop) = images["fixed"], images["moving"]
+    (f_img, f_level, f_px, f_off, _), (m_img, m_level, m_px, m_off, _) = images["fixed"], images["moving"]
 
     try:
         result = register(f_px, m_px, config=cfg, callback=callback, **masks)

@@ -37,7 +37,7 @@ class DrmimeError(Exception):
 
 
 class ConfigError(DrmimeError, ValueError, TypeError):
-    """A registration option has an unknown name, a wrong type or a value out of range.
+    """A setting (a registration option, a run option, an argument) is unknown, of a wrong type or out of range.
 
     Also a ``TypeError`` (what an unknown keyword argument raises in Python) and a ``ValueError``.
     """

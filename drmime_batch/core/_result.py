@@ -8,6 +8,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from drmime_batch.errors import ConfigError
+
 __all__ = ["RegistrationResult"]
 
 
@@ -68,7 +70,7 @@ class RegistrationResult:
     def __post_init__(self) -> None:
         m = np.array(self.matrix, dtype=np.float64)
         if m.shape != (3, 3):
-            raise ValueError(f"matrix must be 3x3, got shape {m.shape}")
+            raise ConfigError(f"matrix must be 3x3, got shape {m.shape}")
         m.setflags(write=False)
         object.__setattr__(self, "matrix", m)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from drmime_batch.engine._task import PROGRESS_TOPIC, PairTask, register_pair
+from drmime_batch.errors import ConfigError
 from drmime_batch.outcome import PairOutcome
 from drmime_batch.queue import PairRow, Queue
 
@@ -68,9 +69,9 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         if self.device is not None and self.device not in DEVICES:
-            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+            raise ConfigError(f"max_attempts must be at least 1, got {self.max_attempts}")
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,12 @@ def _one_line(exc: BaseException) -> str:
 
 def _failure_kind(exc: BaseException) -> str:
     """Which of :data:`~drmime_batch.outcome.FAILURE_KINDS` an exception is."""
-    from drmime_batch.errors import DrmimeError, IncompleteOutputError, OutputStoreError, RegistrationDivergedError
+    from drmime_batch.errors import (
+        DrmimeError,
+        IncompleteOutputError,
+        OutputStoreError,
+        RegistrationDivergedError,
+    )
 
     if isinstance(exc, RegistrationDivergedError):
         return "diverged"

@@ -13,11 +13,17 @@ from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from drmime_batch.outcome import PairOutcome
-from drmime_batch.errors import DrmimeError, LandmarkError
+from drmime_batch.errors import (
+    CorruptImageError,
+    DrmimeError,
+    ImageNotFoundError,
+    LandmarkError,
+    UnsupportedFormatError,
+)
 from drmime_batch.evaluation._fit import best_fit_matrix
 from drmime_batch.evaluation._landmarks import read_landmarks
 from drmime_batch.evaluation._scores import evaluate_matrix, summarise
+from drmime_batch.outcome import PairOutcome
 
 __all__ = ["SUMMARY_KEYS", "evaluate_rows", "image_shape", "summarise_rows"]
 
@@ -46,7 +52,7 @@ def _shape_from_axes(shape: Sequence[int], axes: str) -> tuple[int, int]:
     axes = axes.upper()
     if "Y" in axes and "X" in axes:
         return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
-    raise ValueError(f"axes {axes!r} have no Y and X")
+    raise CorruptImageError(f"axes {axes!r} have no Y and X")
 
 
 def image_shape(path: str | Path) -> tuple[int, int]:
@@ -73,7 +79,7 @@ def image_shape(path: str | Path) -> tuple[int, int]:
     """
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"image {p} does not exist")
+        raise ImageNotFoundError(f"image {p} does not exist")
     suffix = p.suffix.lower()
     if suffix in _PIL_SUFFIXES:
         from PIL import Image
@@ -98,14 +104,14 @@ def image_shape(path: str | Path) -> tuple[int, int]:
         attrs = dict(node.attrs)
         multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
         if not multiscales:
-            raise ValueError(f"zarr group {p} has no 'multiscales' metadata")
+            raise UnsupportedFormatError(f"zarr group {p} has no 'multiscales' metadata")
         ms = multiscales[0]
         arr = node[ms["datasets"][0]["path"]]
         axes = "".join(str(a["name"] if isinstance(a, Mapping) else a)[0] for a in ms.get("axes", []))
         if len(axes) == len(arr.shape):
             return _shape_from_axes(arr.shape, axes)
         return int(arr.shape[-2]), int(arr.shape[-1])
-    raise ValueError(f"cannot read the size of {p}: unknown image format {suffix!r}")
+    raise UnsupportedFormatError(f"cannot read the size of {p}: unknown image format {suffix!r}")
 
 
 def _fixed_shape(row: _RowLike) -> tuple[int, int]:

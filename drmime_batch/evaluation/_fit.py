@@ -7,7 +7,7 @@ from typing import Literal
 import numpy as np
 
 from drmime_batch.core._convention import apply_matrix
-from drmime_batch.errors import LandmarkError
+from drmime_batch.errors import ConfigError, LandmarkError
 from drmime_batch.evaluation._landmarks import pair_landmarks
 
 __all__ = ["best_fit_matrix"]
@@ -95,7 +95,7 @@ def best_fit_matrix(
     True
     """
     if kind not in _MIN_POINTS:
-        raise ValueError(f"kind must be one of {sorted(_MIN_POINTS)}, got {kind!r}")
+        raise ConfigError(f"kind must be one of {sorted(_MIN_POINTS)}, got {kind!r}")
     f, m = pair_landmarks(np.asarray(fixed_landmarks), np.asarray(moving_landmarks))
     if len(f) < _MIN_POINTS[kind]:
         raise LandmarkError(f"a {kind} fit needs at least {_MIN_POINTS[kind]} landmark pairs, got {len(f)}")

@@ -122,7 +122,7 @@ def write_landmarks(path: PathLikeStr, points: np.ndarray) -> Path:
     """
     pts = np.asarray(points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 2:
-        raise ValueError(f"points must have shape (N, 2), got {pts.shape}")
+        raise LandmarkError(f"points must have shape (N, 2), got {pts.shape}")
     p = Path(path)
     lines = [",X,Y"] + [f"{i},{x!r},{y!r}" for i, (x, y) in enumerate(pts.tolist())]
     tmp = p.with_name(p.name + ".partial")

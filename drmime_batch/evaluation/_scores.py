@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from drmime_batch.core._convention import apply_matrix
+from drmime_batch.errors import ConfigError
 from drmime_batch.evaluation._landmarks import pair_landmarks
 
 __all__ = ["LandmarkScores", "evaluate_matrix", "image_diagonal", "landmark_errors", "summarise"]
@@ -94,10 +95,10 @@ def image_diagonal(shape: Sequence[int]) -> float:
     5.0
     """
     if len(shape) < 2:
-        raise ValueError(f"fixed_shape must be (H, W) or (H, W, C), got {tuple(shape)!r}")
+        raise ConfigError(f"fixed_shape must be (H, W) or (H, W, C), got {tuple(shape)!r}")
     h, w = int(shape[0]), int(shape[1])
     if h <= 0 or w <= 0:
-        raise ValueError(f"fixed_shape must be positive, got {tuple(shape)!r}")
+        raise ConfigError(f"fixed_shape must be positive, got {tuple(shape)!r}")
     return math.hypot(h, w)
 
 
@@ -107,10 +108,10 @@ def _pixel_size_pair(pixel_size: float | Sequence[float]) -> tuple[float, float]
     else:
         values = [float(v) for v in pixel_size]  # type: ignore[union-attr]
         if len(values) != 2:
-            raise ValueError(f"pixel_size must be a number or an (x, y) pair in µm, got {pixel_size!r}")
+            raise ConfigError(f"pixel_size must be a number or an (x, y) pair in µm, got {pixel_size!r}")
         px, py = values
     if not (px > 0 and py > 0 and math.isfinite(px) and math.isfinite(py)):
-        raise ValueError(f"pixel_size must be positive and finite (µm per pixel), got {pixel_size!r}")
+        raise ConfigError(f"pixel_size must be positive and finite (µm per pixel), got {pixel_size!r}")
     return px, py
 
 
@@ -143,7 +144,7 @@ def landmark_errors(
     """
     m = np.asarray(matrix, dtype=np.float64)
     if m.shape != (3, 3) or not np.all(np.isfinite(m)):
-        raise ValueError(f"matrix must be a finite 3x3 array, got shape {m.shape}")
+        raise ConfigError(f"matrix must be a finite 3x3 array, got shape {m.shape}")
     f, mv = pair_landmarks(np.asarray(fixed_landmarks), np.asarray(moving_landmarks))
     diff = apply_matrix(m, f) - mv
     if pixel_size is not None:
