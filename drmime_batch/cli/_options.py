@@ -74,7 +74,7 @@ def registration_options(args: argparse.Namespace) -> dict[str, Any]:
         if not sep or not key:
             raise ManifestError(f"--option expects KEY=VALUE, got {item!r}")
         options[key.strip().replace("-", "_")] = _parse_value(value)
-    from drmime_batch.core import RegistrationConfig
+    from drmime_batch.config import RegistrationConfig
 
     try:
         RegistrationConfig.from_dict(options)

@@ -14,18 +14,12 @@ from typing import Literal
 
 import torch
 
+from drmime_batch.config import TRANSFORMS  # the names and sizes, kept beside the config (torch-free)
+
 __all__ = ["TRANSFORMS", "TransformKind", "basis", "exp_transform"]
 
 TransformKind = Literal["translation", "rigid", "similarity", "affine", "homography"]
 
-#: The supported transform kinds and their number of parameters.
-TRANSFORMS: dict[str, int] = {
-    "translation": 2,
-    "rigid": 3,
-    "similarity": 4,
-    "affine": 6,
-    "homography": 8,
-}
 
 
 def _unit(i: int, j: int) -> list[list[float]]:

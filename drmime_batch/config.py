@@ -1,0 +1,172 @@
+"""The registration configuration: one frozen dataclass, defaults that work on real slides.
+
+It imports neither torch nor dask: the queue checks a batch's options against it when the batch
+is submitted, and ``status`` stays light. :mod:`drmime_batch.core` re-exports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from drmime_batch.errors import ConfigError
+
+__all__ = ["METRIC_NAMES", "TRANSFORMS", "RegistrationConfig"]
+
+#: The supported transform kinds and their number of parameters (sub-bases of the exp map).
+TRANSFORMS: dict[str, int] = {
+    "translation": 2,
+    "rigid": 3,
+    "similarity": 4,
+    "affine": 6,
+    "homography": 8,
+}
+
+METRIC_NAMES = ("mine", "mse", "ncc", "mi")
+
+
+@dataclass(frozen=True)
+class RegistrationConfig:
+    """Every setting of one registration. A user should never need to touch the learning rates.
+
+    Parameters
+    ----------
+    transform : {"translation", "rigid", "similarity", "affine", "homography"}
+        The transform family (its sub-basis of the matrix exponential).
+    metric : {"mine", "mse", "ncc", "mi"}
+        ``"mine"`` is DRMIME's MINE estimate of mutual information; the others are baselines
+        (mean squared error, normalised cross-correlation, Parzen-histogram MI) in the same optimiser.
+    device : str
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    seed : int
+        Seeds sampling, the network and the shuffles; runs on the CPU are deterministic.
+    max_size : int
+        Longer side (pixels) of the finest pyramid level; larger inputs are shrunk first.
+    levels : int
+        Pyramid levels optimised jointly (fewer when the image is small).
+    points : int
+        Fixed-image points sampled afresh per level and iteration (the cost per iteration).
+    fine_points : int
+        Points for the finest level (its values are noisier, it gets more).
+    max_iterations, min_iterations : int
+        Bounds on the gradient-descent iterations of the transform.
+    warmup : int
+        Iterations that train only the statistics network before the transform moves (``mine``).
+    patience : int
+        Iterations without improvement of the smoothed similarity before the learning rate drops.
+    lr_decays : int
+        Learning-rate drops (by ``lr_factor``) before stopping: the plateau rule.
+    lr_transform, lr_mine, lr_fine : float
+        Adam learning rates of the shared transform parameters, of the statistics network and of
+        the finest level's correction (0, the default, disables it: on the lung-lesion-3 pairs it
+        made the median landmark error worse, see ``benchmarks/RESULTS.md``).
+    hidden : int
+        Width of the statistics network.
+    mine_ema : float
+        Rate of the moving average in MINE's bias-corrected gradient (0: plain DV gradient).
+    init : {"search", "moments", "none"}
+        Coarse initialisation: rotation (and flip) search after centre-of-mass alignment,
+        centre-of-mass alignment only, or the identity.
+    init_angles : int
+        Rotations tried by the search (evenly spaced over 360 degrees).
+    init_flip : bool
+        Also try the mirrored moving image (sections mounted upside down).
+    sampling : {"edges", "uniform"}
+        Where fixed points are drawn: weighted towards tissue edges, or uniformly.
+    symmetric : bool
+        Draw half the points in the moving image and map them back through the inverse, which
+        cancels the similarity's bias towards shrinking one image onto the other.
+    mask : {"auto", "none"}
+        ``"auto"`` computes a tissue mask of each image (:func:`drmime_batch.core.tissue_mask`) where
+        no mask is given: it places the initialisation's centres of mass, and the registration
+        crops to the tissue (with a margin) before shrinking to ``max_size``, so a small biopsy on a
+        large slide keeps its resolution; marker-pen ink (blue, green, black) is painted over with
+        the surrounding colours first. ``"none"`` uses the whole images as given (user masks still
+        apply).
+    threads : int or None
+        Torch CPU threads (None leaves torch's default).
+    """
+
+    transform: str = "affine"
+    metric: str = "mine"
+    device: str = "auto"
+    seed: int = 0
+    max_size: int = 1024
+    levels: int = 6
+    points: int = 4500
+    fine_points: int = 4500
+    max_iterations: int = 1200
+    warmup: int = 40
+    min_iterations: int = 150
+    patience: int = 40
+    lr_decays: int = 3
+    lr_factor: float = 0.3
+    lr_transform: float = 1e-3
+    lr_mine: float = 5e-3
+    lr_fine: float = 0.0
+    hidden: int = 32
+    mine_ema: float = 0.01
+    init: str = "search"
+    init_angles: int = 36
+    init_flip: bool = True
+    sampling: str = "uniform"
+    symmetric: bool = True
+    mask: str = "auto"
+    threads: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        if self.transform not in TRANSFORMS:
+            raise ConfigError(f"transform must be one of {sorted(TRANSFORMS)}, got {self.transform!r}")
+        if self.metric not in METRIC_NAMES:
+            raise ConfigError(f"metric must be one of {list(METRIC_NAMES)}, got {self.metric!r}")
+        if self.init not in ("search", "moments", "none"):
+            raise ConfigError(f"init must be 'search', 'moments' or 'none', got {self.init!r}")
+        if self.mask not in ("auto", "none"):
+            raise ConfigError(f"mask must be 'auto' or 'none', got {self.mask!r}")
+        if self.sampling not in ("edges", "uniform"):
+            raise ConfigError(f"sampling must be 'edges' or 'uniform', got {self.sampling!r}")
+        for name in ("max_size", "levels", "points", "fine_points", "max_iterations", "hidden", "init_angles"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.min_iterations > self.max_iterations:
+            object.__setattr__(self, "min_iterations", self.max_iterations)
+
+    def _check_types(self) -> None:
+        """Refuse values of the wrong kind now (``lr_transform="abc"`` would fail every pair later)."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            if value is None and kind == "int | None":
+                continue
+            if kind == "float":
+                if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
+                    raise ConfigError(f"{f.name} must be a number, got {value!r}")
+                object.__setattr__(self, f.name, float(value))
+            elif kind in ("int", "int | None"):
+                if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and float(value).is_integer():
+                    value = int(value)
+                if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                    raise ConfigError(f"{f.name} must be an integer, got {value!r}")
+                object.__setattr__(self, f.name, int(value))
+            elif kind == "bool" and not isinstance(value, bool):
+                raise ConfigError(f"{f.name} must be true or false, got {value!r}")
+            elif kind == "str" and not isinstance(value, str):
+                raise ConfigError(f"{f.name} must be a string, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict of every field."""
+        out = dataclasses.asdict(self)
+        out["extra"] = dict(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RegistrationConfig:
+        """Build from a dict; unknown keys are refused with their names."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown registration option(s) {unknown}; known: {sorted(names)}")
+        return cls(**dict(data))
