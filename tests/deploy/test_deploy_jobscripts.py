@@ -11,13 +11,9 @@ import pytest
 pytest.importorskip("dask_jobqueue")
 
 from drmime_batch.cli import main  # noqa: E402
-from drmime_batch.engine._hpc import (  # noqa: E402
-    hpc_settings,
-    job_script,
-    load_cluster_config,
-    load_security,
-    make_cluster,
-)
+from drmime_batch.engine._cluster_config import hpc_settings, load_cluster_config  # noqa: E402
+from drmime_batch.engine._clusters import job_script, make_cluster  # noqa: E402
+from drmime_batch.engine._tls import load_security  # noqa: E402
 from drmime_batch.errors import ClusterConfigError  # noqa: E402
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -82,7 +78,7 @@ def test_job_script_has_gpu_resources_prologue_memory_walltime(tmp_path, kind, g
         assert "--nworkers" not in command and "--preload" not in command
     else:
         assert f"--nworkers {gpus}" in command
-        assert "--preload drmime_batch.engine._hpc" in command
+        assert "--preload drmime_batch.engine._gpu_pinning" in command
 
 
 def test_pbs_select_statement_carries_cpus_memory_and_gpus(tmp_path):
@@ -260,3 +256,15 @@ def test_make_cluster_submits_the_same_script_and_adapts(tmp_path):
         assert len(cluster.workers) == 0  # nothing submitted
     finally:
         cluster.close()
+
+
+def test_former_hpc_module_keeps_its_names_and_its_preload():
+    """Job scripts written before the split preload ``drmime_batch.engine._hpc``; it must still pin."""
+    import drmime_batch.engine as engine
+    from drmime_batch.engine import _gpu_pinning, _hpc
+
+    assert _hpc.dask_setup is _gpu_pinning.dask_setup  # what distributed calls for a preload module
+    for name in _hpc.__all__:
+        assert getattr(_hpc, name) is not None, name
+    for name in ("job_script", "load_cluster_config", "load_security", "make_cluster"):
+        assert getattr(engine, name) is getattr(_hpc, name), name

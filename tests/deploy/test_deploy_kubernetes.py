@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from drmime_batch.engine._hpc import kubernetes_cluster_spec, load_cluster_config, make_cluster
+from drmime_batch.engine._cluster_config import load_cluster_config
+from drmime_batch.engine._clusters import make_cluster
+from drmime_batch.engine._kubernetes import kubernetes_cluster_spec
 from drmime_batch.errors import ClusterConfigError
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
