@@ -14,7 +14,7 @@ import dask
 import dask.config
 
 from drmime_batch.engine import _gpu_pinning
-from drmime_batch.engine._cluster_config import canon_keys, dask_sections, hpc_settings
+from drmime_batch.engine._cluster_config import HpcSettings, canon_keys, dask_sections, hpc_settings
 from drmime_batch.errors import ClusterConfigError
 
 if TYPE_CHECKING:
@@ -32,34 +32,43 @@ _K8S_EXTRA = "pip install 'drmime-batch[k8s]'"
 def kubernetes_cluster_spec(config: Mapping[str, Any]) -> dict[str, Any]:
     """The ``DaskCluster`` resource (dask-kubernetes operator) for a loaded configuration.
 
-    The scheduler is CPU-only behind a ``ClusterIP`` service (reachable inside the cluster or by
-    ``KubeCluster``'s port-forward, never from outside); workers ask ``nvidia.com/gpu`` in their
-    limits and advertise ``--resources GPU=1``; the shared volume claim, when set, is mounted on
-    workers at the same path as in the driver Job.
+    Built by the operator's own :func:`dask_kubernetes.operator.make_cluster_spec`, so that its
+    defaults (the scheduler's readiness and liveness probes, ports, service, ``idleTimeout``)
+    are kept, then patched for a GPU registration batch: the scheduler is CPU-only behind a
+    ``ClusterIP`` service (reachable inside the cluster or by ``KubeCluster``'s port-forward,
+    never from outside); workers ask ``nvidia.com/gpu`` in their limits, tolerate GPU-node taints
+    and advertise ``--resources GPU=1``; the shared volume claim, when set, is mounted on workers
+    at the same path as in the driver Job.
 
     Parameters
     ----------
     config : mapping
-        As returned by :func:`load_cluster_config` (``kubernetes`` and ``drmime-batch``
-        sections are used; an empty mapping gives the defaults).
+        As returned by :func:`~drmime_batch.engine._cluster_config.load_cluster_config`
+        (``kubernetes`` and ``drmime-batch`` sections are used; an empty mapping gives the
+        defaults).
 
     Returns
     -------
     dict
         A new ``kubernetes.dask.org/v1`` ``DaskCluster`` mapping; nothing is contacted.
 
+    Raises
+    ------
+    ClusterConfigError
+        dask-kubernetes (extra ``k8s``) is not installed, or our settings are invalid.
+
     Examples
     --------
-    >>> spec = kubernetes_cluster_spec({"drmime-batch": {"gpus-per-job": 1}})
-    >>> spec["kind"], spec["spec"]["worker"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
-    ('DaskCluster', 1)
+    >>> spec = kubernetes_cluster_spec({"drmime-batch": {"gpus-per-job": 1}})  # doctest: +SKIP
+    >>> spec["spec"]["worker"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]  # doctest: +SKIP
+    1
     """
+    make_cluster_spec = _operator_cluster_builder()
     settings = hpc_settings(config)
     k8s = canon_keys(config.get("kubernetes") or {})
     ours = canon_keys(settings.kubernetes)
     name = str(k8s.get("name") or _DEFAULT_K8S_NAME)
     name = name.replace("{user}", "user").replace("{uuid}", "0")
-    image = str(k8s.get("image") or _DEFAULT_IMAGE)
     service_type = str(k8s.get("scheduler-service-type") or "ClusterIP")
     if service_type != "ClusterIP":
         logger.warning(
@@ -68,95 +77,87 @@ def kubernetes_cluster_spec(config: Mapping[str, Any]) -> dict[str, Any]:
             service_type,
         )
     env = k8s.get("env") or {}
-    env_list = (
-        [{"name": str(k), "value": str(v)} for k, v in env.items()]
-        if isinstance(env, Mapping)
-        else list(env)
+    if isinstance(env, Mapping):  # Kubernetes wants string values; YAML may give numbers
+        env = {str(key): str(value) for key, value in env.items()}
+    count = k8s.get("count") or {}
+    replicas = int(count.get("start") or 0) if isinstance(count, Mapping) else 0
+
+    spec: dict[str, Any] = make_cluster_spec(
+        name=name,
+        image=str(k8s.get("image") or _DEFAULT_IMAGE),
+        n_workers=replicas,
+        env=copy.deepcopy(env),
+        worker_command=_worker_command(settings, ours),
+        scheduler_service_type=service_type,
     )
-    worker_res = copy.deepcopy(ours.get("worker-resources") or {"limits": {"cpu": "4", "memory": "16Gi"}})
-    worker_res.setdefault("limits", {})
-    if settings.gpus_per_job > 0:
-        worker_res["limits"]["nvidia.com/gpu"] = settings.gpus_per_job
     scheduler_res = copy.deepcopy(
         ours.get("scheduler-resources") or {"limits": {"cpu": "1", "memory": "2Gi"}}
     )
     for part in scheduler_res.values():
         if isinstance(part, dict):
             part.pop("nvidia.com/gpu", None)
+    (scheduler,) = spec["spec"]["scheduler"]["spec"]["containers"]
+    _run_args_as_command(scheduler)
+    scheduler["resources"] = scheduler_res
+    # the builders share a list-form env between both containers; YAML would print an alias
+    scheduler["env"] = copy.deepcopy(scheduler["env"])
 
-    args = ["dask", "worker", "--name", "$(DASK_WORKER_NAME)", "--dashboard",
-            "--dashboard-address", "8788"]
-    # the operator injects DASK_SCHEDULER_ADDRESS, which `dask worker` reads when given no address
-    if settings.gpus_per_job > 1:
-        args += ["--nworkers", str(settings.gpus_per_job), "--preload", _gpu_pinning.__name__]
-    if ours.get("nthreads"):
-        args += ["--nthreads", str(int(ours["nthreads"]))]
-    if settings.resources_arg:
-        args += ["--resources", settings.resources_arg]
-    worker_container: dict[str, Any] = {
-        "name": "worker",
-        "image": image,
-        # `command`, not `args`: the image's ENTRYPOINT is drmime-batch
-        "command": args,
-        "env": env_list,
-        "resources": worker_res,
-        "ports": [{"name": "http-dashboard", "containerPort": 8788, "protocol": "TCP"}],
-    }
-    pod: dict[str, Any] = {"containers": [worker_container]}
+    worker_pod = spec["spec"]["worker"]["spec"]
+    (worker,) = worker_pod["containers"]
+    _run_args_as_command(worker)
+    worker_res = copy.deepcopy(
+        ours.get("worker-resources") or {"limits": {"cpu": "4", "memory": "16Gi"}}
+    )
+    worker_res.setdefault("limits", {})
+    if settings.gpus_per_job > 0:
+        worker_res["limits"]["nvidia.com/gpu"] = settings.gpus_per_job
+        worker_pod["tolerations"] = [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
+    worker["resources"] = worker_res
     claim = ours.get("volume-claim")
     if claim:
         mount = str(ours.get("mount-path") or "/data")
-        worker_container["volumeMounts"] = [{"name": "shared", "mountPath": mount}]
-        pod["volumes"] = [{"name": "shared", "persistentVolumeClaim": {"claimName": str(claim)}}]
-    if settings.gpus_per_job > 0:
-        pod["tolerations"] = [
-            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-        ]
-    count = k8s.get("count") or {}
-    replicas = int(count.get("start") or 0) if isinstance(count, Mapping) else 0
-    return {
-        "apiVersion": "kubernetes.dask.org/v1",
-        "kind": "DaskCluster",
-        "metadata": {"name": name},
-        "spec": {
-            "worker": {"replicas": replicas, "spec": pod},
-            "scheduler": {
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "scheduler",
-                            "image": image,
-                            "command": ["dask", "scheduler", "--host", "0.0.0.0"],
-                            "env": copy.deepcopy(env_list),
-                            "resources": scheduler_res,
-                            "ports": [
-                                {"name": "tcp-comm", "containerPort": 8786, "protocol": "TCP"},
-                                {"name": "http-dashboard", "containerPort": 8787, "protocol": "TCP"},
-                            ],
-                            "readinessProbe": {
-                                "httpGet": {"port": "http-dashboard", "path": "/health"},
-                                "initialDelaySeconds": 0,
-                                "periodSeconds": 1,
-                                "timeoutSeconds": 300,
-                            },
-                        }
-                    ]
-                },
-                "service": {
-                    "type": service_type,
-                    "selector": {
-                        "dask.org/cluster-name": name,
-                        "dask.org/component": "scheduler",
-                    },
-                    "ports": [
-                        {"name": "tcp-comm", "protocol": "TCP", "port": 8786, "targetPort": "tcp-comm"},
-                        {"name": "http-dashboard", "protocol": "TCP", "port": 8787,
-                         "targetPort": "http-dashboard"},
-                    ],
-                },
-            },
-        },
-    }
+        worker["volumeMounts"] = [{"name": "shared", "mountPath": mount}]
+        worker_pod["volumes"] = [{"name": "shared", "persistentVolumeClaim": {"claimName": str(claim)}}]
+    return spec
+
+
+def _operator_cluster_builder() -> Any:
+    """dask-kubernetes' ``make_cluster_spec``, or a :class:`ClusterConfigError` naming the extra."""
+    try:
+        from dask_kubernetes.operator import make_cluster_spec
+    except ImportError as exc:
+        raise ClusterConfigError(
+            f"Kubernetes clusters need dask-kubernetes, which is not installed: {_K8S_EXTRA}"
+        ) from exc
+    return make_cluster_spec
+
+
+def _worker_command(settings: HpcSettings, ours: Mapping[str, Any]) -> list[str]:
+    """``dask worker`` and our options; the operator's builder appends ``--name`` and the dashboard."""
+    # no scheduler address: the operator injects DASK_SCHEDULER_ADDRESS, which `dask worker` reads
+    command = ["dask", "worker"]
+    if settings.gpus_per_job > 1:
+        command += ["--nworkers", str(settings.gpus_per_job), "--preload", _gpu_pinning.__name__]
+    if ours.get("nthreads"):
+        command += ["--nthreads", str(int(ours["nthreads"]))]
+    if settings.resources_arg:
+        command += ["--resources", settings.resources_arg]
+    return command
+
+
+def _run_args_as_command(container: dict[str, Any]) -> None:
+    """Move a builder container's ``args`` to ``command``, spelling the ``dask`` CLI the current way.
+
+    ``command``, not ``args``: our image's ENTRYPOINT is ``drmime-batch``, which would receive the
+    arguments. ``dask-scheduler`` / ``dask-worker`` (the builders' spelling) are no longer shipped
+    by distributed; ``dask scheduler`` / ``dask worker`` are.
+    """
+    args = [str(a) for a in container.pop("args")]
+    if args and args[0] in ("dask-scheduler", "dask-worker"):
+        args = ["dask", args[0].removeprefix("dask-"), *args[1:]]
+    container["command"] = args
 
 
 def make_kube_cluster(config: Mapping[str, Any], *, min_jobs: int, max_jobs: int) -> Cluster:
