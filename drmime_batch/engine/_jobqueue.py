@@ -25,7 +25,7 @@ from drmime_batch.engine._cluster_config import (
     dask_sections,
     hpc_settings,
 )
-from drmime_batch.engine._tls import security_from_current_config
+from drmime_batch.engine._tls import security_from_config
 from drmime_batch.errors import ClusterConfigError
 
 if TYPE_CHECKING:
@@ -53,9 +53,18 @@ def _jobqueue_classes(kind: str) -> tuple[type, type]:
     return cluster_cls, cluster_cls.job_cls
 
 
-def _jobqueue_kwargs(kind: str, settings: HpcSettings, source: str) -> dict[str, Any]:
-    """Job keyword arguments for dask-jobqueue, read from the *current* dask config."""
-    cfg = dask.config.get(f"jobqueue.{kind}")
+def _jobqueue_section(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """``jobqueue.<kind>``: the file's settings over Dask's own (dask-jobqueue's defaults included).
+
+    Read, never set: the process-wide dask config is left as it is.
+    """
+    _jobqueue_classes(kind)  # importing dask_jobqueue registers its defaults in dask's config
+    ours = (config.get("jobqueue") or {}).get(kind) or {}
+    return dask.config.merge(dask.config.get(f"jobqueue.{kind}", default={}) or {}, ours)
+
+
+def _jobqueue_kwargs(kind: str, cfg: Mapping[str, Any], settings: HpcSettings, source: str) -> dict[str, Any]:
+    """Job keyword arguments for dask-jobqueue from the merged ``jobqueue.<kind>`` settings."""
     cores, memory = cfg.get("cores"), cfg.get("memory")
     if cores is None or memory is None:
         missing = [k for k, v in (("cores", cores), ("memory", memory)) if v is None]
@@ -64,9 +73,10 @@ def _jobqueue_kwargs(kind: str, settings: HpcSettings, source: str) -> dict[str,
             f"cores and memory of one job (e.g. jobqueue: {{{kind}: {{cores: 8, memory: 64GB}}}})"
         )
     gpus = settings.gpus_per_job
-    # Every job setting is passed explicitly: dask-jobqueue re-creates jobs long after
-    # construction (scaling, adapting), when the YAML's dask.config.set is no longer in force.
+    # Every job setting is passed explicitly: dask-jobqueue would otherwise read them from the
+    # process-wide dask config, where the file's jobqueue settings are never put.
     kwargs = _explicit_job_kwargs(kind, cfg)
+    kwargs["interface"] = cfg.get("interface")
     processes = cfg.get("processes")
     if gpus > 0:
         if processes is not None and processes != gpus:
@@ -185,22 +195,21 @@ def jobqueue_job_script(kind: str, config: Mapping[str, Any], *, source: str) ->
     check_kind(kind, JOBQUEUE_KINDS)
     settings = hpc_settings(config, source=source)
     _, job_cls = _jobqueue_classes(kind)
-    with dask.config.set(dask_sections(config)):
-        security = security_from_current_config(source)
-        kwargs = _jobqueue_kwargs(kind, settings, source)
-        protocol = "tls://" if security is not None else None
-        try:
-            job = job_cls(
-                f"{protocol or 'tcp://'}{_PLACEHOLDER_HOST}",
-                name="dummy-name",
-                config_name=kind,
-                protocol=protocol,
-                security=security,
-                **kwargs,
-            )
-        except (TypeError, ValueError) as exc:
-            raise ClusterConfigError(f"{source}: dask-jobqueue rejected the {kind} settings: {exc}") from exc
-        return str(job.job_script())
+    security = security_from_config(config, source)
+    kwargs = _jobqueue_kwargs(kind, _jobqueue_section(kind, config), settings, source)
+    protocol = "tls://" if security is not None else None
+    try:
+        job = job_cls(
+            f"{protocol or 'tcp://'}{_PLACEHOLDER_HOST}",
+            name="dummy-name",
+            config_name=kind,
+            protocol=protocol,
+            security=security,
+            **kwargs,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ClusterConfigError(f"{source}: dask-jobqueue rejected the {kind} settings: {exc}") from exc
+    return str(job.job_script())
 
 
 def make_jobqueue_cluster(
@@ -232,9 +241,17 @@ def make_jobqueue_cluster(
     check_kind(kind, JOBQUEUE_KINDS)
     settings = hpc_settings(config, source=source)
     cluster_cls, _ = _jobqueue_classes(kind)
-    with dask.config.set(dask_sections(config)):
-        security = security_from_current_config(source)
-        kwargs = _jobqueue_kwargs(kind, settings, source)
+    security = security_from_config(config, source)
+    cfg = _jobqueue_section(kind, config)
+    kwargs = _jobqueue_kwargs(kind, cfg, settings, source)
+    # cluster-level settings dask-jobqueue would otherwise read from the dask config
+    kwargs["scheduler_options"] = dict(cfg.get("scheduler-options") or {})
+    kwargs["shared_temp_directory"] = cfg.get("shared-temp-directory")
+    # The in-process scheduler reads the file's other distributed.* settings (timeouts,
+    # allowed-failures, ...) from the dask config while it starts and takes no argument for
+    # them: they are in force for the construction only.
+    distributed = config.get("distributed")
+    with dask.config.set(dask_sections({"distributed": distributed}) if distributed else {}):
         try:
             cluster = cluster_cls(security=security, **kwargs)
         except (TypeError, ValueError) as exc:

@@ -27,6 +27,15 @@ logger = logging.getLogger(__name__)
 _DEFAULT_IMAGE = "drmime-batch:latest"
 _DEFAULT_K8S_NAME = "drmime-batch"
 _K8S_EXTRA = "pip install 'drmime-batch[k8s]'"
+#: keys of the ``kubernetes`` section that are KubeCluster arguments besides the cluster spec
+_KUBECLUSTER_KEYS = (
+    "namespace",
+    "port-forward-cluster-ip",
+    "create-mode",
+    "shutdown-on-close",
+    "resource-timeout",
+    "scheduler-forward-port",
+)
 
 
 def kubernetes_cluster_spec(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -183,14 +192,31 @@ def make_kube_cluster(config: Mapping[str, Any], *, min_jobs: int, max_jobs: int
     """
     try:
         from dask_kubernetes.operator import KubeCluster
+        from dask_kubernetes.operator.kubecluster.kubecluster import CreateMode
     except ImportError as exc:
         raise ClusterConfigError(
             f"--cluster kubernetes needs dask-kubernetes, which is not installed: {_K8S_EXTRA}"
         ) from exc
     k8s = config.get("kubernetes") or {}
     spec: Any = k8s.get("custom-cluster-spec") or kubernetes_cluster_spec(config)
-    with dask.config.set(dask_sections(config)):
-        cluster = KubeCluster(custom_cluster_spec=spec, namespace=k8s.get("namespace"))
+    # KubeCluster's own settings from the file, as arguments (it would read them from the
+    # process-wide dask config); name, image, env, ... are in the spec already
+    kwargs = {
+        key.replace("-", "_"): k8s[key] for key in _KUBECLUSTER_KEYS if k8s.get(key) is not None
+    }
+    if "create_mode" in kwargs:  # KubeCluster compares with its enum, never with the string
+        try:
+            kwargs["create_mode"] = CreateMode(str(kwargs["create_mode"]))
+        except ValueError:
+            raise ClusterConfigError(
+                f"kubernetes.create-mode must be one of {[m.value for m in CreateMode]}, "
+                f"got {kwargs['create_mode']!r}"
+            ) from None
+    # the connections KubeCluster opens while it starts read the file's distributed.* (TLS,
+    # timeouts) from the dask config and take no argument for them
+    distributed = config.get("distributed")
+    with dask.config.set(dask_sections({"distributed": distributed}) if distributed else {}):
+        cluster = KubeCluster(custom_cluster_spec=spec, **kwargs)
     logger.info("Kubernetes DaskCluster %s started; adapting between %d and %d workers",
                 cluster.name, min_jobs, max_jobs)
     cluster.adapt(minimum=min_jobs, maximum=max_jobs)

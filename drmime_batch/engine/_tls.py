@@ -9,6 +9,7 @@ comes with its key, encryption is not required without a CA) and turns it into a
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -18,7 +19,6 @@ import dask.config
 from drmime_batch.engine._cluster_config import (
     TLS_FILE_KEYS,
     config_or_empty,
-    dask_sections,
     source_name,
 )
 from drmime_batch.errors import ClusterConfigError
@@ -26,14 +26,20 @@ from drmime_batch.errors import ClusterConfigError
 if TYPE_CHECKING:
     from distributed import Security
 
-__all__ = ["load_security", "security_from_current_config"]
+__all__ = ["load_security", "security_from_config"]
 
 
-def security_from_current_config(source: str) -> Security | None:
-    """The :class:`distributed.Security` the *current* dask config describes, checked.
+def security_from_config(config: Mapping[str, Any], source: str) -> Security | None:
+    """The :class:`distributed.Security` a loaded configuration describes, checked.
+
+    The file's ``distributed.comm`` settings win over Dask's own configuration; they are passed
+    to ``Security`` as arguments, so the process-wide dask config is neither read for them nor
+    changed.
 
     Parameters
     ----------
+    config : mapping
+        As returned by :func:`~drmime_batch.engine._cluster_config.load_cluster_config`.
     source : str
         Name used in error messages (the file).
 
@@ -45,13 +51,18 @@ def security_from_current_config(source: str) -> Security | None:
     Raises
     ------
     ClusterConfigError
-        A certificate file is missing, a cert comes without its key, or encryption is required
-        without a CA.
+        A certificate file is missing, a cert comes without its key, encryption is required
+        without a CA, or a TLS version is not 1.2 or 1.3.
     """
     from distributed import Security
 
-    tls = dask.config.get("distributed.comm.tls", default={}) or {}
-    required = bool(dask.config.get("distributed.comm.require-encryption", default=False))
+    comm = (config.get("distributed") or {}).get("comm") or {}
+    file_tls = comm.get("tls") or {}
+    tls = dask.config.merge(dask.config.get("distributed.comm.tls", default={}) or {}, file_tls)
+    required = comm.get("require-encryption")
+    if required is None:
+        required = dask.config.get("distributed.comm.require-encryption", default=False)
+    required = bool(required)
     ca_file = tls.get("ca-file")
     if not ca_file:
         if required:
@@ -67,6 +78,7 @@ def security_from_current_config(source: str) -> Security | None:
                 f"{source}: distributed.comm.tls.{role} needs both 'cert' and 'key', "
                 f"got {sorted(k for k in ('cert', 'key') if part.get(k))}"
             )
+    kwargs: dict[str, Any] = {}
     for keys in TLS_FILE_KEYS:
         value: Any = tls
         for key in keys:
@@ -75,7 +87,24 @@ def security_from_current_config(source: str) -> Security | None:
             raise ClusterConfigError(
                 f"{source}: distributed.comm.tls.{'.'.join(keys)} file not found: {value}"
             )
-    return Security(require_encryption=True if required else None)
+        if value:
+            kwargs["tls_" + "_".join(k.replace("-", "_") for k in keys)] = str(value)
+    if tls.get("ciphers"):
+        kwargs["tls_ciphers"] = str(tls["ciphers"])
+    for key in ("min-version", "max-version"):
+        if key in file_tls:  # otherwise Security reads Dask's own setting, as it always did
+            kwargs[f"tls_{key.replace('-', '_')}"] = _tls_version(file_tls[key], key, source)
+    return Security(require_encryption=required, **kwargs)
+
+
+def _tls_version(value: Any, key: str, source: str) -> ssl.TLSVersion | None:
+    """distributed's spelling of a TLS version (``1.2``, ``1.3`` or null) as an ``ssl`` constant."""
+    versions = {None: None, 1.2: ssl.TLSVersion.TLSv1_2, 1.3: ssl.TLSVersion.TLSv1_3}
+    if value not in versions:
+        raise ClusterConfigError(
+            f"{source}: distributed.comm.tls.{key} must be 1.2, 1.3 or null, got {value!r}"
+        )
+    return versions[value]
 
 
 def load_security(config_path: str | os.PathLike[str] | None) -> Security | None:
@@ -84,7 +113,7 @@ def load_security(config_path: str | os.PathLike[str] | None) -> Security | None
     Parameters
     ----------
     config_path : path-like or None
-        Cluster configuration file (see :func:`load_cluster_config`). Its
+        Cluster configuration file (see :func:`~drmime_batch.engine._cluster_config.load_cluster_config`). Its
         ``distributed.comm.tls`` section (distributed's own schema: ``ca-file`` and
         ``client``/``scheduler``/``worker`` ``cert``/``key``) and
         ``distributed.comm.require-encryption`` are used.
@@ -109,5 +138,4 @@ def load_security(config_path: str | os.PathLike[str] | None) -> Security | None
     config = config_or_empty(config_path)
     if "distributed" not in config:
         return None
-    with dask.config.set(dask_sections({"distributed": config["distributed"]})):
-        return security_from_current_config(source_name(config_path))
+    return security_from_config(config, source_name(config_path))

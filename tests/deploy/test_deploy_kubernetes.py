@@ -253,6 +253,41 @@ def test_list_form_env_is_not_shared_between_containers(tmp_path):
     assert "&id" not in text and text.count("name: A") == 2
 
 
+@needs_k8s
+def test_make_cluster_kubernetes_passes_the_file_settings_as_arguments(tmp_path, monkeypatch):
+    """KubeCluster gets the builder-based spec and the file's own settings as arguments, not
+    through the process-wide dask config (a stand-in records what it was given; no cluster)."""
+    import dask.config
+    import dask_kubernetes.operator as operator
+    from dask_kubernetes.operator.kubecluster.kubecluster import CreateMode
+
+    seen: dict[str, Any] = {}
+
+    class RecordingKubeCluster:
+        def __init__(self, **kwargs: Any) -> None:
+            seen.update(kwargs, config_namespace=dask.config.get("kubernetes.namespace", None))
+            self.name = kwargs["custom_cluster_spec"]["metadata"]["name"]
+
+        def adapt(self, minimum: int, maximum: int) -> None:
+            seen["adapt"] = (minimum, maximum)
+
+    monkeypatch.setattr(operator, "KubeCluster", RecordingKubeCluster)
+    path = tmp_path / "k.yaml"
+    path.write_text(
+        "kubernetes: {namespace: histology, shutdown_on_close: false, create-mode: CONNECT_ONLY}\n",
+        encoding="utf-8",
+    )
+    make_cluster("kubernetes", config_path=path, min_jobs=1, max_jobs=3)
+    assert seen["namespace"] == "histology" and seen["config_namespace"] != "histology"
+    assert seen["shutdown_on_close"] is False and seen["create_mode"] is CreateMode.CONNECT_ONLY
+    _check_dask_cluster(seen["custom_cluster_spec"])
+    assert "livenessProbe" in seen["custom_cluster_spec"]["spec"]["scheduler"]["spec"]["containers"][0]
+    assert seen["adapt"] == (1, 3)
+    path.write_text("kubernetes: {create-mode: SOMETIMES}\n", encoding="utf-8")
+    with pytest.raises(ClusterConfigError, match="create-mode must be one of"):
+        make_cluster("kubernetes", config_path=path, min_jobs=0, max_jobs=1)
+
+
 def test_kubernetes_without_the_extra_names_it(monkeypatch):
     """As if dask-kubernetes were not installed (``None`` in sys.modules makes imports fail)."""
     for name in [m for m in sys.modules if m == "dask_kubernetes" or m.startswith("dask_kubernetes.")]:
