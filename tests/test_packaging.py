@@ -394,9 +394,10 @@ def test_ci_run_installs_cpu_torch_first_then_runs_the_readme_command(pixi: dict
     lines = _script_lines()
     installs = [i for i, ln in enumerate(lines) if re.search(r"\bpip install\b", ln)]
     torch_at = [i for i in installs if re.search(r"[\"']?torch==2\.13\.0[\"']?(\s|$)", lines[i])]
-    package_at = [i for i in installs if re.search(r"-e [\"']?\.\[test\][\"']?", lines[i])]
+    package_at = [i for i in installs if re.search(r"-e [\"']?\.\[[\w,]+\][\"']?", lines[i])]
     assert torch_at, ".ci/run does not pip install torch==2.13.0"
-    assert package_at, ".ci/run does not pip install -e \".[test]\""
+    assert package_at, ".ci/run does not pip install -e \".[test,...]\""
+    assert {"test", "k8s", "peers"} <= _ci_extras()
     assert max(torch_at) < min(package_at), "torch must be installed before the package"
     assert installs.index(min(package_at)) == len(installs) - 1, "nothing may be pip-installed after the package"
     cmd = _tasks(pixi)["test"]
@@ -405,6 +406,23 @@ def test_ci_run_installs_cpu_torch_first_then_runs_the_readme_command(pixi: dict
     assert runs[0] > min(package_at)
     pytest_runs = [ln for ln in lines if "-m pytest" in ln or ln.startswith("pytest")]
     assert pytest_runs == [cmd], f".ci/run runs pytest other ways too: {pytest_runs}"
+
+
+def _ci_extras() -> set[str]:
+    """The extras of the one ``pip install -e ".[...]"`` line of .ci/run."""
+    found = [m for ln in _script_lines() for m in re.findall(r"-e [\"']?\.\[([\w,]+)\][\"']?", ln)]
+    assert len(found) == 1, f".ci/run must install the package exactly once, got extras {found}"
+    return set(found[0].split(","))
+
+
+def test_ci_installs_every_extra_the_tests_import(declared: dict[str, dict[str, str]]) -> None:
+    """No test may be skipped in CI for a missing extra: whatever the tests import, even guarded
+    (``importorskip``, ``find_spec``, inside a test), comes with the extras .ci/run installs."""
+    extras = _ci_extras()
+    assert extras <= set(EXTRAS), f".ci/run installs unknown extras {sorted(extras - set(EXTRAS))}"
+    installed = declared["runtime"].keys() | set().union(*(declared[e] for e in extras))
+    missing = {dist: sorted(files) for dist, files in _third_party("tests").items() if dist not in installed}
+    assert not missing, f"tests import distributions .ci/run does not install: {missing}"
 
 
 def _run_ci_tail(tmp_path: Path, pytest_status: int) -> subprocess.CompletedProcess[str]:

@@ -39,7 +39,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
 
 
 def _run(args: argparse.Namespace) -> int:
-    from drmime_batch.engine._hpc import job_script
+    from drmime_batch.engine._clusters import job_script
 
     text = job_script(args.kind, config_path=args.cluster_config)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")

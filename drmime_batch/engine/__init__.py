@@ -11,9 +11,11 @@ True
 from __future__ import annotations
 
 from drmime_batch.engine._client import CLUSTER_KINDS, local_cluster_size, open_client
+from drmime_batch.engine._cluster_config import load_cluster_config
+from drmime_batch.engine._clusters import job_script, make_cluster
 from drmime_batch.engine._driver import RunEvent, RunOptions, RunSummary, run_queue
-from drmime_batch.engine._hpc import job_script, load_cluster_config, load_security, make_cluster
 from drmime_batch.engine._task import PROGRESS_TOPIC, PairTask, register_pair
+from drmime_batch.engine._tls import load_security
 
 __all__ = [
     "CLUSTER_KINDS",

@@ -74,7 +74,7 @@ def test_tls_cluster_runs_a_batch_and_refuses_clients_without_the_certificate(
 ):
     from distributed import Security
 
-    from drmime_batch.engine._hpc import load_security
+    from drmime_batch.engine._tls import load_security
 
     queue = _submit(tmp_path, tiny_manifest)
     good = write_tls_config(tmp_path / "tls.yaml", certs, "good")

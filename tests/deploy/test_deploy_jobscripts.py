@@ -11,13 +11,9 @@ import pytest
 pytest.importorskip("dask_jobqueue")
 
 from drmime_batch.cli import main  # noqa: E402
-from drmime_batch.engine._hpc import (  # noqa: E402
-    hpc_settings,
-    job_script,
-    load_cluster_config,
-    load_security,
-    make_cluster,
-)
+from drmime_batch.engine._cluster_config import hpc_settings, load_cluster_config  # noqa: E402
+from drmime_batch.engine._clusters import job_script, make_cluster  # noqa: E402
+from drmime_batch.engine._tls import load_security  # noqa: E402
 from drmime_batch.errors import ClusterConfigError  # noqa: E402
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -82,7 +78,7 @@ def test_job_script_has_gpu_resources_prologue_memory_walltime(tmp_path, kind, g
         assert "--nworkers" not in command and "--preload" not in command
     else:
         assert f"--nworkers {gpus}" in command
-        assert "--preload drmime_batch.engine._hpc" in command
+        assert "--preload drmime_batch.engine._gpu_pinning" in command
 
 
 def test_pbs_select_statement_carries_cpus_memory_and_gpus(tmp_path):
@@ -196,6 +192,37 @@ def test_tls_settings_reach_the_worker_command(tmp_path):
     assert security.tls_client_cert == str(certs / "c.pem")
 
 
+def test_job_script_and_tls_never_set_the_process_wide_dask_config(tmp_path, monkeypatch):
+    """Other threads of the driver share dask's config: the file's settings are passed as
+    arguments and win over Dask's own, which stay as they were."""
+    import dask.config
+
+    for name in ("ca.pem", "c.pem", "c-key.pem"):
+        (tmp_path / name).write_text("placeholder", encoding="utf-8")
+    path = _config(tmp_path, "slurm", extra="interface: ib0")
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("distributed: {comm: {tls: {ca-file: ca.pem, min-version: 1.3,"
+                " client: {cert: c.pem, key: c-key.pem}}}}\n")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"dask.config.set{args}")
+
+    with dask.config.set({"jobqueue.slurm.queue": "theirs", "jobqueue.slurm.interface": "eth0"}):
+        monkeypatch.setattr(dask.config, "set", refuse)
+        script = job_script("slurm", config_path=path)
+        security = load_security(path)
+        monkeypatch.undo()
+        assert dask.config.get("jobqueue.slurm.queue") == "theirs"
+        assert dask.config.get("distributed.comm.tls.ca-file") is None
+    assert "#SBATCH -p gpuq" in script and "--interface ib0" in script
+    assert security is not None and security.tls_ca_file == str(tmp_path / "ca.pem")
+    assert security.tls_client_key == str(tmp_path / "c-key.pem")
+    assert security.tls_min_version.name == "TLSv1_3"
+    bad = _write(tmp_path, "distributed: {comm: {tls: {ca-file: ca.pem, max-version: 1.1}}}\n", "v.yaml")
+    with pytest.raises(ClusterConfigError, match=r"tls.max-version must be 1.2, 1.3 or null, got 1.1"):
+        load_security(bad)
+
+
 def test_load_security_none_and_errors(tmp_path):
     assert load_security(None) is None
     assert load_security(_config(tmp_path, "slurm")) is None
@@ -260,3 +287,15 @@ def test_make_cluster_submits_the_same_script_and_adapts(tmp_path):
         assert len(cluster.workers) == 0  # nothing submitted
     finally:
         cluster.close()
+
+
+def test_former_hpc_module_keeps_its_names_and_its_preload():
+    """Job scripts written before the split preload ``drmime_batch.engine._hpc``; it must still pin."""
+    import drmime_batch.engine as engine
+    from drmime_batch.engine import _gpu_pinning, _hpc
+
+    assert _hpc.dask_setup is _gpu_pinning.dask_setup  # what distributed calls for a preload module
+    for name in _hpc.__all__:
+        assert getattr(_hpc, name) is not None, name
+    for name in ("job_script", "load_cluster_config", "load_security", "make_cluster"):
+        assert getattr(engine, name) is getattr(_hpc, name), name

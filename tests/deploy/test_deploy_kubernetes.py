@@ -5,17 +5,22 @@ from __future__ import annotations
 import importlib.util
 import re
 import shlex
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from drmime_batch.engine._hpc import kubernetes_cluster_spec, load_cluster_config, make_cluster
+from drmime_batch.engine._cluster_config import load_cluster_config
+from drmime_batch.engine._clusters import job_script, make_cluster
+from drmime_batch.engine._kubernetes import kubernetes_cluster_spec
 from drmime_batch.errors import ClusterConfigError
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S = DEPLOY / "kubernetes"
 HAS_DASK_KUBERNETES = importlib.util.find_spec("dask_kubernetes") is not None
+needs_k8s = pytest.mark.skipif(not HAS_DASK_KUBERNETES, reason="dask-kubernetes (extra k8s) not installed")
 
 
 def _docs(name: str) -> list[dict]:
@@ -136,6 +141,7 @@ def test_no_secret_values_in_manifests():
         assert "kind: Secret" not in text, path  # secrets are created by the user, not committed
 
 
+@needs_k8s
 def test_generated_spec_follows_the_same_rules(tmp_path):
     config = load_cluster_config(DEPLOY / "hpc" / "kubernetes.yaml")
     spec = kubernetes_cluster_spec(config)
@@ -151,28 +157,147 @@ def test_generated_spec_follows_the_same_rules(tmp_path):
     w2 = kubernetes_cluster_spec(load_cluster_config(two))["spec"]["worker"]["spec"]["containers"][0]
     assert w2["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert w2["command"][w2["command"].index("--nworkers") + 1] == "2"
+    assert w2["command"][w2["command"].index("--preload") + 1] == "drmime_batch.engine._gpu_pinning"
     assert w2["command"][w2["command"].index("--resources") + 1] == "GPU=1"
+    cpu = tmp_path / "cpu.yaml"
+    cpu.write_text("drmime-batch: {gpus-per-job: 0}\n", encoding="utf-8")
+    pod = kubernetes_cluster_spec(load_cluster_config(cpu))["spec"]["worker"]["spec"]
+    assert "gpu" not in yaml.safe_dump(pod).lower()  # no GPU limit, toleration or resource
 
 
-@pytest.mark.skipif(not HAS_DASK_KUBERNETES, reason="dask-kubernetes (extra k8s) not installed")
-def test_generated_spec_matches_the_operator_template():
+def _leaves(node: Any, path: tuple = ()) -> dict[tuple, Any]:
+    """``{path: value}`` of every leaf of a nested mapping/list (list items by index)."""
+    if isinstance(node, dict) and node:
+        return {k: v for key, sub in node.items() for k, v in _leaves(sub, (*path, key)).items()}
+    if isinstance(node, list) and node:
+        return {k: v for i, sub in enumerate(node) for k, v in _leaves(sub, (*path, i)).items()}
+    return {path: node}
+
+
+#: what we set ourselves in each container the operator's builders make (the rest must survive)
+_PATCHED = {"args", "env", "resources"}
+
+
+@needs_k8s
+def test_generated_spec_keeps_every_default_of_the_operator_builders():
     from dask_kubernetes.operator import make_cluster_spec
     from dask_kubernetes.operator.validation import validate_cluster_name
 
     validate_cluster_name(_one("DaskCluster")["metadata"]["name"])
     validate_cluster_name(kubernetes_cluster_spec({})["metadata"]["name"])
 
-    theirs = make_cluster_spec(name="drmime-batch", image="img")
-    ours = kubernetes_cluster_spec({"kubernetes": {"name": "drmime-batch", "image": "img"}})
-    assert ours["apiVersion"] == theirs["apiVersion"] and ours["kind"] == theirs["kind"]
-    assert set(theirs["spec"]["scheduler"]) == set(ours["spec"]["scheduler"])
-    assert ours["spec"]["scheduler"]["service"]["selector"] == theirs["spec"]["scheduler"]["service"]["selector"]
+    config = load_cluster_config(DEPLOY / "hpc" / "kubernetes.yaml")
+    ours = kubernetes_cluster_spec(config)
+    theirs = make_cluster_spec(name=ours["metadata"]["name"], image=config["kubernetes"]["image"])
+    mine = _leaves(ours)
+    for path, value in _leaves(theirs).items():
+        if "containers" in path and path[path.index("containers") + 2] in _PATCHED:
+            continue
+        if path == ("spec", "worker", "replicas"):
+            continue  # kubernetes.count.start, 0 by default
+        assert path in mine and mine[path] == value, (path, value, mine.get(path))
+    (scheduler,) = ours["spec"]["scheduler"]["spec"]["containers"]
+    assert scheduler["livenessProbe"]["httpGet"] == {"port": "http-dashboard", "path": "/health"}
+    assert scheduler["readinessProbe"]["httpGet"] == {"port": "http-dashboard", "path": "/health"}
+    # the builders' `args` become `command` (the image's ENTRYPOINT is drmime-batch), spelled
+    # with the `dask` command that distributed ships
+    assert "args" not in scheduler and scheduler["command"][:2] == ["dask", "scheduler"]
+    (worker,) = ours["spec"]["worker"]["spec"]["containers"]
+    (their_worker,) = theirs["spec"]["worker"]["spec"]["containers"]
+    assert "args" not in worker
+    assert worker["command"][-5:] == their_worker["args"][-5:]  # --name ... --dashboard-address 8788
 
 
-@pytest.mark.skipif(HAS_DASK_KUBERNETES, reason="checks the message shown without dask-kubernetes")
-def test_kubernetes_without_the_extra_names_it():
+@needs_k8s
+def test_checked_in_manifest_is_in_step_with_the_generated_spec():
+    """``kubernetes/daskcluster.yaml`` (applied by hand) and ``run --cluster kubernetes`` with
+    ``hpc/kubernetes.yaml`` must describe the same cluster, builder defaults included."""
+    generated = kubernetes_cluster_spec(load_cluster_config(DEPLOY / "hpc" / "kubernetes.yaml"))
+    checked_in = _one("DaskCluster")
+
+    def shape(spec: dict) -> dict:
+        body = spec["spec"]
+        (sched,) = body["scheduler"]["spec"]["containers"]
+        worker_pod = body["worker"]["spec"]
+        (worker,) = worker_pod["containers"]
+        pick = ("image", "command", "ports", "resources", "readinessProbe", "livenessProbe", "volumeMounts")
+        return {
+            "name": spec["metadata"]["name"],
+            "idleTimeout": body.get("idleTimeout"),
+            "service": body["scheduler"]["service"],
+            "scheduler": {k: sched.get(k) for k in pick},
+            "worker": {k: worker.get(k) for k in pick},
+            "worker_pod": {k: worker_pod.get(k) for k in ("volumes", "tolerations")},
+        }
+
+    assert shape(checked_in) == shape(generated)
+
+
+@needs_k8s
+def test_cluster_script_kubernetes_prints_the_builder_based_manifest(capsys):
+    from drmime_batch.cli import main
+
+    assert main(["cluster-script", "kubernetes", "--cluster-config", str(DEPLOY / "hpc" / "kubernetes.yaml")]) == 0
+    text = capsys.readouterr().out
+    assert "&id" not in text and "*id" not in text  # no YAML aliases
+    spec = yaml.safe_load(text)
+    _check_dask_cluster(spec)
+    assert "livenessProbe" in spec["spec"]["scheduler"]["spec"]["containers"][0]
+
+
+@needs_k8s
+def test_list_form_env_is_not_shared_between_containers(tmp_path):
+    path = tmp_path / "env.yaml"
+    path.write_text("kubernetes: {env: [{name: A, value: '1'}]}\n", encoding="utf-8")
+    text = yaml.safe_dump(kubernetes_cluster_spec(load_cluster_config(path)))
+    assert "&id" not in text and text.count("name: A") == 2
+
+
+@needs_k8s
+def test_make_cluster_kubernetes_passes_the_file_settings_as_arguments(tmp_path, monkeypatch):
+    """KubeCluster gets the builder-based spec and the file's own settings as arguments, not
+    through the process-wide dask config (a stand-in records what it was given; no cluster)."""
+    import dask.config
+    import dask_kubernetes.operator as operator
+    from dask_kubernetes.operator.kubecluster.kubecluster import CreateMode
+
+    seen: dict[str, Any] = {}
+
+    class RecordingKubeCluster:
+        def __init__(self, **kwargs: Any) -> None:
+            seen.update(kwargs, config_namespace=dask.config.get("kubernetes.namespace", None))
+            self.name = kwargs["custom_cluster_spec"]["metadata"]["name"]
+
+        def adapt(self, minimum: int, maximum: int) -> None:
+            seen["adapt"] = (minimum, maximum)
+
+    monkeypatch.setattr(operator, "KubeCluster", RecordingKubeCluster)
+    path = tmp_path / "k.yaml"
+    path.write_text(
+        "kubernetes: {namespace: histology, shutdown_on_close: false, create-mode: CONNECT_ONLY}\n",
+        encoding="utf-8",
+    )
+    make_cluster("kubernetes", config_path=path, min_jobs=1, max_jobs=3)
+    assert seen["namespace"] == "histology" and seen["config_namespace"] != "histology"
+    assert seen["shutdown_on_close"] is False and seen["create_mode"] is CreateMode.CONNECT_ONLY
+    _check_dask_cluster(seen["custom_cluster_spec"])
+    assert "livenessProbe" in seen["custom_cluster_spec"]["spec"]["scheduler"]["spec"]["containers"][0]
+    assert seen["adapt"] == (1, 3)
+    path.write_text("kubernetes: {create-mode: SOMETIMES}\n", encoding="utf-8")
+    with pytest.raises(ClusterConfigError, match="create-mode must be one of"):
+        make_cluster("kubernetes", config_path=path, min_jobs=0, max_jobs=1)
+
+
+def test_kubernetes_without_the_extra_names_it(monkeypatch):
+    """As if dask-kubernetes were not installed (``None`` in sys.modules makes imports fail)."""
+    for name in [m for m in sys.modules if m == "dask_kubernetes" or m.startswith("dask_kubernetes.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "dask_kubernetes", None)
+    monkeypatch.setitem(sys.modules, "dask_kubernetes.operator", None)
     with pytest.raises(ClusterConfigError, match=r"pip install 'drmime-batch\[k8s\]'"):
         make_cluster("kubernetes", config_path=None, min_jobs=0, max_jobs=2)
+    with pytest.raises(ClusterConfigError, match=r"pip install 'drmime-batch\[k8s\]'"):
+        job_script("kubernetes", config_path=None)
 
 
 # --- Dockerfile: structural lint (no container engine here) -------------------------------------
