@@ -52,9 +52,9 @@ def local_cluster_size(workers: int | None = None, threads_per_worker: int | Non
 
 
 def _security(cluster_config: Path | None) -> Security | None:
-    """TLS settings for attaching to a scheduler, from the cluster config (``_hpc.load_security``)."""
+    """TLS settings for attaching to a scheduler, from the cluster config (``_tls.load_security``)."""
     try:
-        from drmime_batch.engine._hpc import load_security
+        from drmime_batch.engine._tls import load_security
     except ImportError:
         if cluster_config is not None:
             raise ClusterConfigError(
@@ -156,7 +156,7 @@ def open_client(
             client = Client(made)
             logger.info("started a LocalCluster of %d worker(s) x %d thread(s)", n, threads)
         else:
-            from drmime_batch.engine._hpc import make_cluster
+            from drmime_batch.engine._clusters import make_cluster
 
             made = stack.enter_context(
                 make_cluster(cluster, config_path=config, min_jobs=min_jobs, max_jobs=max_jobs)

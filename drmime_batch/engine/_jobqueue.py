@@ -46,7 +46,7 @@ def _jobqueue_classes(kind: str) -> tuple[type, type]:
         import dask_jobqueue
     except ImportError as exc:
         raise ClusterConfigError(
-            f"--cluster {kind} needs dask-jobqueue, which is not installed: {_HPC_EXTRA}"
+            f"a {kind} cluster needs dask-jobqueue, which is not installed: {_HPC_EXTRA}"
         ) from exc
     name = {"slurm": "SLURM", "pbs": "PBS", "lsf": "LSF"}[kind]
     cluster_cls = getattr(dask_jobqueue, f"{name}Cluster")

@@ -195,7 +195,7 @@ def make_kube_cluster(config: Mapping[str, Any], *, min_jobs: int, max_jobs: int
         from dask_kubernetes.operator.kubecluster.kubecluster import CreateMode
     except ImportError as exc:
         raise ClusterConfigError(
-            f"--cluster kubernetes needs dask-kubernetes, which is not installed: {_K8S_EXTRA}"
+            f"a kubernetes cluster needs dask-kubernetes, which is not installed: {_K8S_EXTRA}"
         ) from exc
     k8s = config.get("kubernetes") or {}
     spec: Any = k8s.get("custom-cluster-spec") or kubernetes_cluster_spec(config)
