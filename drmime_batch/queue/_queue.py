@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from drmime_batch.errors import QueueError, QueueLockedError
+from drmime_batch._pair_id import check_pair_id, pair_id_key
+from drmime_batch.errors import OutputStoreError, QueueError, QueueLockedError
 from drmime_batch.queue._manifest import ManifestEntry
 
 __all__ = ["STATES", "PairRow", "Queue", "QueueLock"]
@@ -353,15 +354,33 @@ class Queue:
     ) -> list[str]:
         """Queue new pairs as ``pending``; all or nothing.
 
+        Every pair id is checked with :func:`drmime_batch._pair_id.check_pair_id`, the rule the
+        output writer applies, so a pair that could never write its outputs is refused here.
+
         Raises
         ------
         QueueError
-            A pair id is already in the queue (nothing is added).
+            A pair id is unusable, duplicated in ``entries``, already in the queue, or differs
+            from another id of the same output store only by case (nothing is added).
         """
         ids = [e.pair_id for e in entries]
+        for e in entries:
+            try:
+                check_pair_id(e.pair_id)
+            except OutputStoreError as exc:
+                where = f"manifest line {e.line}: " if e.line else ""
+                raise QueueError(f"{where}{exc}; nothing was added to queue {self.path}") from None
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})
             raise QueueError(f"duplicate pair ids in submission: {', '.join(dup)}")
+        folded: dict[str, str] = {}
+        for pid in ids:
+            other = folded.setdefault(pair_id_key(pid), pid)
+            if other != pid:
+                raise QueueError(
+                    f"pair ids {other!r} and {pid!r} differ only by case (one output folder on "
+                    f"case-insensitive storage); nothing was added to queue {self.path}"
+                )
         now = time.time()
         opts = json.dumps(dict(options or {}), sort_keys=True)
         out = str(out)
@@ -379,6 +398,12 @@ class Queue:
                     f"pair id(s) already in queue {self.path}: {', '.join(sorted(clash))}; "
                     "nothing was added (rename them, or use 'retry' for existing pairs)"
                 )
+            for (pid,) in conn.execute("SELECT pair_id FROM pairs WHERE out=?", (out,)):
+                if pair_id_key(pid) in folded:
+                    raise QueueError(
+                        f"pair id {folded[pair_id_key(pid)]!r} differs from {pid!r}, already queued for {out}, only "
+                        "by case (one output folder on case-insensitive storage); nothing was added"
+                    )
             conn.executemany(
                 "INSERT INTO pairs (pair_id, fixed, moving, fixed_landmarks, moving_landmarks, out, "
                 "options, submitted_at, updated_at, fixed_mask, moving_mask) "
