@@ -33,6 +33,7 @@ the machine to OUT (default ``benchmarks/results/queue-scaling-cpu.json``).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -48,12 +49,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import distributed  # noqa: E402
+import distributed
 
-import drmime_batch.io  # noqa: E402
-from drmime_batch.engine import _driver  # noqa: E402
-from drmime_batch.engine._driver import RunEvent, RunOptions, _Driver  # noqa: E402
-from drmime_batch.queue import ManifestEntry, Queue  # noqa: E402
+import drmime_batch.io
+from drmime_batch.engine import _driver
+from drmime_batch.engine._driver import RunEvent, RunOptions, _Driver
+from drmime_batch.queue import ManifestEntry, Queue
 
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "queue-scaling-cpu.json"
 _RESULT = {"ok": True, "matrix": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], "seconds": 0.0,
@@ -181,7 +182,7 @@ def per_pair_ms(path: Path, driver_cls: type[_Driver], pairs: int, in_flight: in
     if len(stamps) < 2:
         raise RuntimeError(f"only {len(stamps)} pair(s) finished")
     # the median interval: a shared machine's hiccups (another job taking the core) do not count
-    return 1000 * statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
+    return 1000 * statistics.median(b - a for a, b in itertools.pairwise(stamps))
 
 
 def machine() -> dict[str, Any]:

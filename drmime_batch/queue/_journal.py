@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from drmime_batch.errors import QueueError
 

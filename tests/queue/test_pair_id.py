@@ -83,7 +83,7 @@ def test_submit_refuses_the_manifest_in_one_line_and_queues_nothing(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "drmime_batch", "submit", str(manifest), "--queue", str(queue), "--out",
          str(tmp_path / "o.zarr")],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
     )
     assert proc.returncode == 1, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

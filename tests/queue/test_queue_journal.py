@@ -15,7 +15,12 @@ import pytest
 from drmime_batch.errors import QueueError, QueueLockedError
 from drmime_batch.queue import ManifestEntry, Queue
 from drmime_batch.queue import _queue as queue_module
-from drmime_batch.queue._journal import JOURNAL_ENV, choose_journal_mode, filesystem_type, parse_mount_table
+from drmime_batch.queue._journal import (
+    JOURNAL_ENV,
+    choose_journal_mode,
+    filesystem_type,
+    parse_mount_table,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
