@@ -235,13 +235,10 @@ class _Driver:
         if room <= 0 or self.stop.is_set():
             return
         busy = {pid for pid, _ in self.inflight.values()} | {pid for pid, _, _ in self.warps.values()}
-        for row in self.q.rows(states=["pending"]):
-            if room <= 0:
-                break
-            if row.pair_id in busy:
-                continue
+        # only the next `room` pending rows (an index range read), never the whole pending set:
+        # the cost per finished pair must not grow with the size of the queue
+        for row in self.q.next_pending(room, exclude=busy):
             self._submit(row)
-            room -= 1
 
     def _on_topic(self, event: Any) -> None:
         # runs on the client's event loop thread: hand over to the driver thread
@@ -405,7 +402,7 @@ class _Driver:
                 busy = True
             busy = self._check_warps() or busy
             if not self.inflight and not self.warps:
-                if not self.q.rows(states=["pending"]):
+                if not self.q.has_pending():
                     break
                 continue
             if not busy:

@@ -46,7 +46,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,6 +54,7 @@ from typing import Any, Literal
 import dask.array as da
 import numpy as np
 
+from drmime_batch._pair_id import check_pair_id
 from drmime_batch.core._convention import matrix_to_physical
 from drmime_batch.errors import IncompleteOutputError, OutputStoreError
 from drmime_batch.io._atomic import new_write_id, remove_path, replace_path, staging, sweep_staging
@@ -72,7 +72,6 @@ CONVENTION = (
     "full resolution) to the MOVING pixel, homogeneous with projective divide; "
     "registered(p) = moving(M p)"
 )
-_PAIR_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,199}$")
 _REGISTERED_PATHS = {"ome-zarr": "registered", "ome-tiff": "registered.ome.tif"}
 
 
@@ -81,11 +80,7 @@ _REGISTERED_PATHS = {"ome-zarr": "registered", "ome-tiff": "registered.ome.tif"}
 
 def _pair_dir(out: str | Path, pair_id: str) -> Location:
     """``OUT/<pair_id>``: a :class:`Path`, or a URL string when ``out`` is an fsspec URL."""
-    if not isinstance(pair_id, str) or not _PAIR_ID.match(pair_id):
-        raise OutputStoreError(
-            f"pair id {pair_id!r} cannot name a zarr node: use letters, digits and . _ + = - "
-            "(not starting with a dot or dash, at most 200 characters)"
-        )
+    check_pair_id(pair_id)  # raises OutputStoreError; the same rule 'submit' applies
     return join(location(out), pair_id)
 
 

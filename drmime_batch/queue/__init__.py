@@ -1,4 +1,4 @@
-"""The persistent batch queue (SQLite, WAL) and manifest reading.
+"""The persistent batch queue (SQLite; WAL on local disks, the rollback journal on shared ones) and manifest reading.
 
 Knows nothing of dask or torch: ``status``, ``cancel`` and ``evaluate`` read it without starting
 either.

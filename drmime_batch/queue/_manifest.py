@@ -15,20 +15,21 @@ an empty cell means no mask for that image (the registration's ``mask`` option t
 
 Relative paths resolve against the manifest's folder; absolute paths and URLs (``s3://...``,
 ``gs://...``, ``file://...``: anything with ``://``) are kept as they are. Any problem (unreadable file, missing
-column, empty cell, duplicate pair id) raises :class:`~drmime_batch.errors.ManifestError` naming the
+column, empty cell, duplicate pair id, a pair id breaking :func:`drmime_batch._pair_id.check_pair_id`
+or differing from another only by case) raises :class:`~drmime_batch.errors.ManifestError` naming the
 line, and nothing is returned.
 """
 
 from __future__ import annotations
 
 import csv
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from drmime_batch.errors import ManifestError
+from drmime_batch._pair_id import check_pair_id, pair_id_key, safe_pair_id_part
+from drmime_batch.errors import ManifestError, OutputStoreError
 
-__all__ = ["ManifestEntry", "read_manifest"]
+__all__ = ["ManifestEntry", "check_pair_id", "read_manifest"]
 
 _MASKS = ("fixed_mask", "moving_mask")
 _OURS = ("pair_id", "fixed", "moving", "fixed_landmarks", "moving_landmarks", *_MASKS)
@@ -38,7 +39,6 @@ _ANHIR = {
     "Target landmarks": "fixed_landmarks",
     "Source landmarks": "moving_landmarks",
 }
-_PAIR_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]*$")
 
 
 @dataclass(frozen=True)
@@ -70,22 +70,6 @@ class ManifestEntry:
     moving_mask: str | None = None
 
 
-def check_pair_id(pair_id: str) -> str:
-    """Return ``pair_id`` if usable as a store group name, else raise ``ValueError``.
-
-    Examples
-    --------
-    >>> check_pair_id("CD31-to-He")
-    'CD31-to-He'
-    """
-    if not _PAIR_ID_RE.match(pair_id) or len(pair_id) > 200:
-        raise ValueError(
-            f"pair id {pair_id!r} is not usable: use letters, digits and . _ - + = @ "
-            "(no spaces or slashes), starting with a letter or digit"
-        )
-    return pair_id
-
-
 def _resolve(value: str, base: Path) -> str:
     """An absolute path, or ``value`` itself when it is a URL (never made a Path: ``s3://b`` would lose a slash).
 
@@ -105,8 +89,7 @@ def _resolve(value: str, base: Path) -> str:
 
 
 def _anhir_pair_id(fixed: str, moving: str) -> str:
-    stem = lambda p: re.sub(r"[^A-Za-z0-9._+=@-]", "_", Path(p).stem)  # noqa: E731
-    return f"{stem(moving)}-to-{stem(fixed)}"
+    return f"{safe_pair_id_part(Path(moving).stem)}-to-{safe_pair_id_part(Path(fixed).stem)}"
 
 
 def read_manifest(path: str | Path) -> list[ManifestEntry]:
@@ -171,6 +154,7 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
         )
     entries: list[ManifestEntry] = []
     seen: dict[str, int] = {}
+    folded: dict[str, str] = {}  # pair_id_key -> pair id
     try:
         for raw in reader:
             line = reader.line_num
@@ -189,13 +173,20 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
             pair_id = row.get("pair_id") or _anhir_pair_id(row["fixed"], row["moving"])
             try:
                 check_pair_id(pair_id)
-            except ValueError as exc:
+            except OutputStoreError as exc:
                 raise ManifestError(f"{path}: line {line}: {exc}") from None
             if pair_id in seen:
                 raise ManifestError(
                     f"{path}: line {line}: duplicate pair id {pair_id!r} (first on line {seen[pair_id]})"
                 )
+            other = folded.get(pair_id_key(pair_id))
+            if other is not None:
+                raise ManifestError(
+                    f"{path}: line {line}: pair id {pair_id!r} differs from {other!r} (line {seen[other]}) only by "
+                    "case; their output folders would be one on case-insensitive storage"
+                )
             seen[pair_id] = line
+            folded[pair_id_key(pair_id)] = pair_id
             lm_f, lm_m = row.get("fixed_landmarks") or None, row.get("moving_landmarks") or None
             if (lm_f is None) != (lm_m is None):
                 raise ManifestError(

@@ -129,7 +129,7 @@ def test_queue_of_the_old_schema_migrates_on_open(tmp_path):
         q.add([ManifestEntry("new", "/f.tif", "/m2.tif", moving_mask="/mm.png")], out="/o.zarr")
     with sqlite3.connect(qpath) as conn:
         columns = [r[1] for r in conn.execute("PRAGMA table_info(pairs)")]
-    assert columns[-2:] == ["fixed_mask", "moving_mask"]  # added once, at the end
+    assert columns[-3:] == ["fixed_mask", "moving_mask", "traceback"]  # added once each, at the end
     with Queue.open(qpath) as q:  # opening again changes nothing
         assert [(r.pair_id, r.moving_mask) for r in q.rows()] == [("old", None), ("new", "/mm.png")]
         assert q.counts()["done"] == 1 and q.counts()["pending"] == 1
