@@ -122,16 +122,20 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _with_traceback(outcome: PairOutcome, exc: BaseException) -> PairOutcome:
-    """``outcome`` carrying the traceback of ``exc`` when ``exc`` is a bug rather than bad input."""
+def _queue_record(outcome: PairOutcome) -> dict[str, Any]:
+    """The outcome as the queue's ``result`` column holds it (matrix, error, traceback have columns)."""
+    return {k: v for k, v in outcome.to_dict().items() if k not in _KEPT_APART}
+
+
+def _failed_by(outcome: PairOutcome, exc: BaseException) -> PairOutcome:
+    """``outcome`` marked as failed by ``exc``: its kind, and the traceback when ``exc`` is a bug."""
     import traceback
 
-    from drmime_batch.errors import DrmimeError
+    from drmime_batch.engine._task import _failure_kind
 
-    if isinstance(exc, (DrmimeError, OSError)):
-        return outcome
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return outcome.with_(traceback=text)
+    kind = "output" if isinstance(exc, OSError) else _failure_kind(exc)
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) if kind == "internal" else None
+    return outcome.with_(ok=False, matrix=None, failure=kind, traceback=text)
 
 
 def _warp_pair(row: PairRow, matrix: Any) -> None:
@@ -281,7 +285,7 @@ class _Driver:
         outcome = outcome.with_(warped=self.opt.warp, seconds=seconds)
         assert outcome.matrix is not None  # a finished outcome has its matrix (PairOutcome checks)
         # the queue keeps the matrix in its own column; the rest of the record is the result
-        record = {k: v for k, v in outcome.to_dict().items() if k not in _KEPT_APART}
+        record = _queue_record(outcome)
         self.q.finish(pair_id, matrix=outcome.matrix.tolist(), result=record, seconds=seconds,
                       worker=outcome.worker, device=outcome.device)
         self.done.append(pair_id)
@@ -291,7 +295,9 @@ class _Driver:
         self.q.fail(pair_id, error, seconds=None if outcome is None else outcome.seconds,
                     worker=None if outcome is None else outcome.worker,
                     device=None if outcome is None else outcome.device,
-                    traceback=None if outcome is None else outcome.traceback)
+                    traceback=None if outcome is None else outcome.traceback,
+                    result=None if outcome is None else _queue_record(
+                        outcome.with_(ok=False, matrix=None, failure=outcome.failure or "output")))
         self.failed.append(pair_id)
         self.emit(RunEvent("failed", pair_id=pair_id, row=self._row(pair_id), message=error))
 
@@ -341,12 +347,13 @@ class _Driver:
             elif self.stop.is_set():
                 self._requeue(pair_id, "interrupted")
             else:
-                self._fail(pair_id, f"workers died {row.attempts} times running it: {_one_line(exc)}")
+                error = f"workers died {row.attempts} times running it: {_one_line(exc)}"
+                self._fail(pair_id, error, PairOutcome.failed(pair_id, error, failure="worker"))
         else:
             # raised by the task rather than returned: not a bad input (those are returned), keep
             # the traceback the worker sent along
             failed = PairOutcome.failed(pair_id, _one_line(exc), failure="internal")
-            self._fail(pair_id, _one_line(exc), _with_traceback(failed, exc))
+            self._fail(pair_id, _one_line(exc), _failed_by(failed, exc))
 
     def _check_warps(self) -> bool:
         finished = [wf for wf in self.warps if wf.done()]
@@ -359,7 +366,7 @@ class _Driver:
             elif self.stop.is_set():
                 self._requeue(pair_id, "interrupted while warping")
             else:
-                self._fail(pair_id, f"warping {pair_id}: {_one_line(exc)}", _with_traceback(outcome, exc))
+                self._fail(pair_id, f"warping {pair_id}: {_one_line(exc)}", _failed_by(outcome, exc))
         return bool(finished)
 
     # -------------------------------------------------------------- loop

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from drmime_batch._pair_id import check_pair_id, pair_id_key
-from drmime_batch.errors import OutputStoreError, QueueError, QueueLockedError
+from drmime_batch.errors import ConfigError, OutputStoreError, QueueError, QueueLockedError
 from drmime_batch.queue._journal import choose_journal_mode
 from drmime_batch.queue._manifest import ManifestEntry
 
@@ -610,12 +610,25 @@ class Queue:
         Every pair id is checked with :func:`drmime_batch._pair_id.check_pair_id`, the rule the
         output writer applies, so a pair that could never write its outputs is refused here.
 
+        ``options`` are checked against :class:`~drmime_batch.config.RegistrationConfig` here, so
+        a batch with an unknown option or a value of the wrong type is refused when submitted
+        rather than failing pair by pair when it runs.
+
         Raises
         ------
         QueueError
             A pair id is unusable, duplicated in ``entries``, already in the queue, or differs
             from another id of the same output store only by case (nothing is added).
+        ConfigError
+            An option is unknown or invalid (nothing is added).
         """
+        from drmime_batch.config import RegistrationConfig  # torch-free
+
+        try:
+            RegistrationConfig.from_dict(dict(options or {}))
+        except ConfigError as exc:
+            raise ConfigError(f"registration options of the batch: {exc}; nothing was added to queue "
+                              f"{self.path}") from None
         ids = [e.pair_id for e in entries]
         for e in entries:
             try:
@@ -740,6 +753,7 @@ class Queue:
         worker: str | None = None,
         device: str | None = None,
         traceback: str | None = None,
+        result: Mapping[str, Any] | None = None,
     ) -> bool:
         """``running`` or ``pending`` → ``failed`` with a one-line error. False otherwise.
 
@@ -755,6 +769,9 @@ class Queue:
         traceback : str, optional
             Full traceback of an unexpected error, stored as it is (several lines); only its last
             :data:`TRACEBACK_MAX_CHARS` characters when longer. ``None`` clears an earlier one.
+        result : mapping, optional
+            What is known of the failed attempt (the pair's outcome record: its failure kind,
+            the images opened); replaces the row's ``result``. None keeps it.
         """
         now = time.time()
         line = " ".join(str(error).split()) or "unknown error"
@@ -764,9 +781,10 @@ class Queue:
         return bool(
             self._update(
                 "UPDATE pairs SET state='failed', error=?, traceback=?, seconds=?, worker=COALESCE(?, worker), "
-                "device=COALESCE(?, device), finished_at=?, updated_at=? "
+                "device=COALESCE(?, device), result=COALESCE(?, result), finished_at=?, updated_at=? "
                 "WHERE pair_id=? AND state IN ('running', 'pending')",
-                (line[:2000], traceback, seconds, worker, device, now, now, pair_id),
+                (line[:2000], traceback, seconds, worker, device,
+                 None if result is None else json.dumps(dict(result), default=str), now, now, pair_id),
             )
         )
 

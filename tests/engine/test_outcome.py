@@ -147,3 +147,37 @@ def test_bad_input_fails_as_input_without_a_traceback(tmp_path):
     outcome = register_pair(task)
     assert not outcome.ok and outcome.failure == "input" and outcome.traceback is None
     assert outcome.error == f"fixed image {tmp_path / 'nope.tif'}: ImageNotFoundError: no such file or directory"
+
+
+def test_a_bug_fails_its_pair_in_a_batch_with_the_traceback_in_the_queue(tmp_path, monkeypatch):
+    """Driver on an in-process cluster: the bug's traceback reaches the queue and ``status --json``."""
+    import torch
+    from distributed import Client
+
+    import drmime_batch._api as api
+    from drmime_batch.cli._cmd_batch import _status_dict
+    from drmime_batch.engine import RunOptions, run_queue
+    from drmime_batch.queue import Queue, read_manifest
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug deep inside")
+
+    monkeypatch.setattr(api, "register", broken)
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text(f"pair_id,fixed,moving\nbug,{DATA / 'lung-lesion3_He_5pc.ome.tif'},"
+                        f"{DATA / 'lung-lesion3_CD31_5pc.ome.tif'}\n")
+    threads = torch.get_num_threads()
+    try:
+        with Queue.open(tmp_path / "q.sqlite", create=True) as q, \
+                Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+            q.add(read_manifest(manifest), out=tmp_path / "out.zarr", options=OPTIONS)
+            summary = run_queue(q, client, options=RunOptions(warp=False, max_in_flight=1))
+            row = q.get("bug")
+    finally:
+        torch.set_num_threads(threads)
+    assert summary.failed == ("bug",) and row.state == "failed"
+    assert row.error.startswith("internal error") and "\n" not in row.error
+    assert "ZeroDivisionError: a bug deep inside" in row.traceback and "Traceback" in row.traceback
+    status = _status_dict(row)
+    assert status["traceback"] == row.traceback and status["error"] == row.error
+    assert status["failure"] == "internal" and status["outcome"]["failure"] == "internal"

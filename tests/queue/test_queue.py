@@ -132,3 +132,35 @@ def test_lock_refuses_second_driver_and_dies_with_sigkill(tmp_path):
     with q.lock():  # the kernel released the flock of the killed holder
         assert f"pid {os.getpid()}" in Path(f"{qpath}.lock").read_text()
     q.close()
+
+
+def test_options_are_checked_when_a_batch_is_queued(tmp_path):
+    """A bad option is refused at submit, naming it; nothing is queued (it would fail every pair at run)."""
+    from drmime_batch.errors import ConfigError
+
+    entries = [ManifestEntry(pair_id="p1", fixed=str(tmp_path / "f.png"), moving=str(tmp_path / "m.png"))]
+    with Queue.open(tmp_path / "q.sqlite", create=True) as q:
+        with pytest.raises(ConfigError, match="lr_transform must be a number, got 'abc'"):
+            q.add(entries, out=tmp_path / "out.zarr", options={"lr_transform": "abc"})
+        with pytest.raises(ConfigError, match=r"unknown registration option\(s\) \['max_iter'\]"):
+            q.add(entries, out=tmp_path / "out.zarr", options={"max_iter": 10})
+        assert q.rows() == []
+        assert q.add(entries, out=tmp_path / "out.zarr", options={"max_iterations": 10}) == ["p1"]
+
+
+def test_checking_options_at_submit_does_not_import_torch(tmp_path):
+    """The queue checks options with the torch-free config: ``submit``-side code stays light."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from drmime_batch.queue import ManifestEntry, Queue\n"
+        f"q = Queue.open({str(tmp_path / 'q.sqlite')!r}, create=True)\n"
+        f"q.add([ManifestEntry(pair_id='p', fixed='/f.png', moving='/m.png')], out={str(tmp_path / 'o.zarr')!r}, "
+        "options={'transform': 'rigid', 'max_iterations': 5})\n"
+        "print('torch' in sys.modules, 'dask' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "False"]
