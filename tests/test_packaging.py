@@ -148,7 +148,7 @@ def test_console_script_resolves_to_a_callable(pyproject: dict[str, Any], capsys
     module_name, _, attr = target.partition(":")
     func = getattr(importlib.import_module(module_name), attr)
     assert callable(func)
-    with pytest.raises(SystemExit, match="^0$"):
+    with pytest.raises(SystemExit, match=r"^0$"):
         func(["--version"])
     from drmime_batch import __version__
 
@@ -355,7 +355,7 @@ def test_pixi_tasks(pixi: dict[str, Any], pyproject: dict[str, Any], capsys: pyt
     assert script in pyproject["project"]["scripts"]
     from drmime_batch.cli import build_parser
 
-    with pytest.raises(SystemExit, match="^0$"):  # argparse exits 2 for an unknown sub-command
+    with pytest.raises(SystemExit, match=r"^0$"):  # argparse exits 2 for an unknown sub-command
         build_parser().parse_args([command, "--help"])
 
 

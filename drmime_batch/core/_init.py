@@ -284,7 +284,7 @@ def comparable_score(
     """
     return sum(
         _scores(f, m, matrices, ff, mf, bins)
-        for f, m, ff, mf in zip(fixed, moving, fixed_to_frame, moving_to_frame)
+        for f, m, ff, mf in zip(fixed, moving, fixed_to_frame, moving_to_frame, strict=True)
     )
 
 
@@ -352,7 +352,7 @@ def search_initialisation(
     if len(grid) > 1:
         grid_scores = sum(
             _scores(f, m, stack, ff, mf, bins)
-            for f, m, ff, mf in zip(fixed, moving, fixed_to_frame, moving_to_frame)
+            for f, m, ff, mf in zip(fixed, moving, fixed_to_frame, moving_to_frame, strict=True)
         )
         top = torch.argsort(grid_scores, descending=True)[:shortlist].tolist()
     else:
@@ -369,7 +369,7 @@ def search_initialisation(
     else:
         scores = scorer(mats)
     records = []
-    for j, (i, name) in enumerate(zip(chosen, names)):
+    for j, (i, name) in enumerate(zip(chosen, names, strict=True)):
         grid_angle, mirrored = (0.0, False) if i is None else (grid[i][0], grid[i][1])
         records.append({
             "name": name,

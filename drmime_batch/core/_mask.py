@@ -76,7 +76,7 @@ def _padding(a: np.ndarray, ring: np.ndarray) -> tuple[np.ndarray, np.ndarray | 
     if flat[ring].sum() >= 0.05 * ring.sum():
         vals, counts = np.unique(a[:, ring & flat].T, axis=0, return_counts=True)
         for v in vals[counts >= 0.05 * ring.sum()]:
-            pad |= flat & np.logical_and.reduce([x == vc for x, vc in zip(a, v)])
+            pad |= flat & np.logical_and.reduce([x == vc for x, vc in zip(a, v, strict=True)])
         value = vals[np.argmax(counts)] if pad.any() else None
     return ndi.binary_dilation(pad, np.ones((3, 3), bool)), value  # 3x3 around the centres
 

@@ -21,6 +21,7 @@ kept when the result is worse (:func:`never_worse`).
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from typing import Callable
@@ -207,7 +208,7 @@ def optimise(
     # its factor is exactly 2**k; the ratio of sizes would be off by up to a pixel per level on
     # odd sizes, a scale error of ~1.5 % at the coarsest level.
     f_to_frame, m_to_frame, frame_to_grid_f, frame_to_grid_m = [], [], [], []
-    for lvl, (lf, lm) in enumerate(zip(pyr_f, pyr_m)):
+    for lvl, (lf, lm) in enumerate(zip(pyr_f, pyr_m, strict=True)):
         to_full = _t(level_to_full_matrix(float(2**lvl)), device)
         f_to_frame.append(frame_f @ to_full)
         m_to_frame.append(frame_m @ to_full)
@@ -321,12 +322,12 @@ def optimise(
             y_all = torch.cat(ys)
             offsets = np.cumsum([0] + sizes)
             perm = torch.cat(
-                [torch.randperm(n, generator=gen) + int(o) for n, o in zip(sizes, offsets[:-1])]
+                [torch.randperm(n, generator=gen) + int(o) for n, o in zip(sizes, offsets[:-1], strict=True)]
             ).to(device)
             scores = net(torch.cat([x_all, x_all]), torch.cat([y_all, y_all[perm]]))
             joint, marginal = scores[: len(x_all)], scores[len(x_all) :]
             values, surrogates = [], []
-            for lvl, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
+            for lvl, (a, b) in enumerate(itertools.pairwise(offsets)):
                 log_mean_exp = torch.logsumexp(marginal[a:b], 0) - math.log(b - a)
                 values.append(joint[a:b].mean() - log_mean_exp)
                 if config.mine_ema > 0:
@@ -342,7 +343,7 @@ def optimise(
                     surrogates.append(values[-1])
         else:
             assert metric_fn is not None
-            values = [metric_fn(x, y) for x, y in zip(xs, ys)]
+            values = [metric_fn(x, y) for x, y in zip(xs, ys, strict=True)]
             surrogates = values
         similarity = torch.stack(values).mean()
         if not torch.isfinite(similarity):

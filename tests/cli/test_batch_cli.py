@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import zarr
-
 from _batch_data import FAST, SHIFT, cli, make_pairs, status
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from PIL import Image
-
 from _batch_data import EXAMPLE, cli
+from PIL import Image
 
 from drmime_batch.core import RegistrationResult
 from drmime_batch.evaluation import best_fit_matrix, evaluate_matrix, read_landmarks
@@ -42,7 +41,7 @@ def test_register_writes_a_full_resolution_record(tmp_path):
     assert result.config["max_size"] == 256 and result.final_mi > 0.1
     # the record describes the files at full resolution, not the level registered
     assert tuple(result.fixed_shape[:2]) == (661, 892)
-    for row, line in zip(m, proc.stdout.split("matrix")[1].splitlines()[2:5]):
+    for row, line in zip(m, proc.stdout.split("matrix")[1].splitlines()[2:5], strict=True):
         assert f"{row[2]:.6f}" in line  # the printed matrix is the written one
     assert sorted(p.name for p in out.parent.iterdir()) == ["pair.json"]  # no temporary left over
 

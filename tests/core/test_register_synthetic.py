@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from _core_data import (
     AFFINE,
-    about_centre,
     HOMOGRAPHY,
     QUICK,
     ROTATION_150,
     SHAPE,
     SIZE,
+    about_centre,
     corner_error,
     hematoxylin,
     ihc_source,

@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from _deploy_support import cli, hpc_style_cluster, scheduler_address, tls_args, write_tls_config
 
 pytestmark = pytest.mark.timeout(180)

@@ -94,7 +94,7 @@ def test_pbs_user_resource_spec_gets_ngpus_appended_or_checked(tmp_path):
     path = _config(tmp_path, "pbs", 1, extra='resource-spec: "select=1:ncpus=6:mem=48GB:host_type=x"')
     assert "#PBS -l select=1:ncpus=6:mem=48GB:host_type=x:ngpus=1" in job_script("pbs", config_path=path)
     bad = _config(tmp_path, "pbs", 1, extra='resource-spec: "select=1:ncpus=6:ngpus=4"')
-    with pytest.raises(ClusterConfigError, match="ngpus=4 but drmime-batch.gpus-per-job is 1"):
+    with pytest.raises(ClusterConfigError, match=r"ngpus=4 but drmime-batch\.gpus-per-job is 1"):
         job_script("pbs", config_path=bad)
 
 

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _batch_data import FAST, cli, make_pairs, peek, spawn, status, wait_for
 
 distributed = pytest.importorskip("distributed")

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from _batch_data import SHIFT, make_pairs
+from PIL import Image
 
 from drmime_batch.engine import PairTask
 from drmime_batch.engine._task import register_pair
