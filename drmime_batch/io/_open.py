@@ -282,13 +282,13 @@ def _open_zarr(p: Location) -> MultiscaleImage:
                 f"{name}: a directory but not a zarr store (no zarr.json/.zgroup/.zarray)"
             ) from exc
         raise CorruptImageError(f"{name}: cannot open zarr store: {exc}") from exc
-    version = _zarr_version(p)
+    store_stamp = _zarr_version(p)
     if isinstance(node, zarr.Array):
         amap = AxisMap.from_axes(_guess_axes(node.shape, dict(node.attrs)), node.shape)
-        src = ZarrSource(str(p), "", amap, np.dtype(node.dtype), version)
+        src = ZarrSource(str(p), "", amap, np.dtype(node.dtype), store_stamp)
         return MultiscaleImage(p, [src], native_chunks=[node.chunks], metadata={"format": "zarr"})
     attrs = dict(node.attrs)
-    multiscales, version = _ngff_multiscales(attrs)
+    multiscales, ngff_version = _ngff_multiscales(attrs)
     if multiscales:
         ms = multiscales[0]
         paths = [d["path"] for d in ms["datasets"]]
@@ -300,7 +300,7 @@ def _open_zarr(p: Location) -> MultiscaleImage:
             else _guess_axes(arrays[0].shape, dict(arrays[0].attrs))
         )
         pixel_size = _ngff_pixel_size(ms, axes) if axes else None
-        meta = {"format": "ome-zarr", "ngff_version": version, "name": ms.get("name")}
+        meta = {"format": "ome-zarr", "ngff_version": ngff_version, "name": ms.get("name")}
     else:
         members = [(k, a) for k, a in node.arrays()]
         if not members:
@@ -316,7 +316,7 @@ def _open_zarr(p: Location) -> MultiscaleImage:
     sources = []
     for path, arr in zip(paths, arrays, strict=True):
         amap = AxisMap.from_axes(names, arr.shape)
-        sources.append(ZarrSource(str(p), str(path), amap, np.dtype(arr.dtype), version))
+        sources.append(ZarrSource(str(p), str(path), amap, np.dtype(arr.dtype), store_stamp))
     native = []
     for src, arr in zip(sources, arrays, strict=True):
         chunks = arr.chunks if getattr(arr, "shards", None) is None else arr.shards

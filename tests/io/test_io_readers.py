@@ -120,6 +120,7 @@ def test_ome_zarr_round_trip(tmp_path: Path, rgb_slide: np.ndarray, version: str
     _write_ngff(path, cyx, version, axes_cyx=True)
     img = open_image(path)
     assert img.metadata["ngff_version"] == version
+    assert img.source(0).stamp == ()  # a local store's stamp is taken when a token is made
     assert img.shape == rgb_slide.shape and img.n_file_levels == 2
     assert img.pixel_size == pytest.approx((0.25, 0.5))  # (x, y), written as scale (c, y, x)
     np.testing.assert_array_equal(img.read_level(0), rgb_slide)
