@@ -84,7 +84,7 @@ def summary_table(rows: Iterable[PairRow], *, title: str | None = "Batch summary
     table.add_column("worker / error", overflow="fold")
     for row in rows:
         fig = pair_figures(row)
-        cells = [
+        cells: list[str | Text] = [
             row.pair_id,
             Text(row.state, style=_STATE_STYLE.get(row.state, "")),
             str(row.attempts),

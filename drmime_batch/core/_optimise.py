@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -111,7 +111,7 @@ def _t(m: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(np.asarray(m, dtype=np.float64), device=device)
 
 
-def _downsample(shape_full: tuple[int, int], shape_level: tuple[int, int]) -> tuple[float, float]:
+def _downsample(shape_full: Sequence[int], shape_level: Sequence[int]) -> tuple[float, float]:
     return shape_full[1] / shape_level[1], shape_full[0] / shape_level[0]
 
 
@@ -169,7 +169,7 @@ def optimise(
     config: RegistrationConfig,
     *,
     callback: ProgressCallback | None = None,
-    trace: list | None = None,
+    trace: list[tuple[int, float, np.ndarray]] | None = None,
     fixed_mask: torch.Tensor | None = None,
     moving_mask: torch.Tensor | None = None,
 ) -> OptimisationOutcome:
@@ -217,7 +217,9 @@ def optimise(
 
     # Coarse initialisation on small, lightly blurred copies of the finest level; candidates, and
     # later the start against the result, compared by one score at finer scales.
-    def to_frames(images: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[list, list]:
+    def to_frames(
+        images: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         return (
             [frame_f @ _t(level_to_full_matrix(_downsample(full_f, f.shape[1:])), device) for f, _ in images],
             [frame_m @ _t(level_to_full_matrix(_downsample(full_m, m.shape[1:])), device) for _, m in images],
@@ -335,10 +337,11 @@ def optimise(
                     # gradient of log-mean-exp is replaced by its moving average over iterations,
                     # since a single minibatch's estimate biases the transform's gradient.
                     lme = float(log_mean_exp.detach())
-                    ema_lme[lvl] = lme if ema_lme[lvl] is None else (
-                        (1 - config.mine_ema) * ema_lme[lvl] + config.mine_ema * lme
+                    prev = ema_lme[lvl]
+                    ema_lme[lvl] = lme_ema = lme if prev is None else (
+                        (1 - config.mine_ema) * prev + config.mine_ema * lme
                     )
-                    surrogates.append(joint[a:b].mean() - torch.exp(log_mean_exp - ema_lme[lvl]))
+                    surrogates.append(joint[a:b].mean() - torch.exp(log_mean_exp - lme_ema))
                 else:
                     surrogates.append(values[-1])
         else:

@@ -8,7 +8,7 @@ import re
 import struct
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -293,7 +293,7 @@ def _open_zarr(p: Location) -> MultiscaleImage:
         ms = multiscales[0]
         paths = [d["path"] for d in ms["datasets"]]
         axes = ms.get("axes")
-        arrays = [node[path] for path in paths]
+        arrays = [cast("zarr.Array[Any]", node[path]) for path in paths]  # NGFF datasets name arrays
         names = (
             tuple((a["name"] if isinstance(a, dict) else a) for a in axes)
             if axes
@@ -319,7 +319,8 @@ def _open_zarr(p: Location) -> MultiscaleImage:
         sources.append(ZarrSource(str(p), str(path), amap, np.dtype(arr.dtype), store_stamp))
     native = []
     for src, arr in zip(sources, arrays, strict=True):
-        chunks = arr.chunks if getattr(arr, "shards", None) is None else arr.shards
+        shards = getattr(arr, "shards", None)
+        chunks = arr.chunks if shards is None else shards
         native.append((chunks[src.axis_map.y_axis], chunks[src.axis_map.x_axis]))
     return MultiscaleImage(p, sources, pixel_size=pixel_size, native_chunks=native, metadata=meta)
 
