@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import zarr
 from _batch_data import FAST, SHIFT, cli, make_pairs, status
 
@@ -34,6 +35,7 @@ def test_manifest_refusals_queue_nothing(tmp_path):
     assert "does not exist" in proc.stderr
 
 
+@pytest.mark.cluster
 def test_submit_run_status_retry_cancel_report(tmp_path):
     manifest = make_pairs(tmp_path / "data", n_good=2, bad=True)
     queue, out = tmp_path / "q.sqlite", tmp_path / "out.zarr"

@@ -240,6 +240,7 @@ def test_cluster_script_command_prints_the_script(tmp_path, capsys):
     assert "cluster config file not found" in capsys.readouterr().err
 
 
+@pytest.mark.cluster
 def test_make_cluster_submits_the_same_script_and_adapts(tmp_path):
     """A real SLURMCluster (scheduler on this machine, no job submitted with min_jobs=0)."""
     path = _config(

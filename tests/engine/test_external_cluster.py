@@ -19,6 +19,8 @@ from _batch_data import FAST, cli, make_pairs, peek, spawn, status, wait_for
 
 distributed = pytest.importorskip("distributed")
 
+pytestmark = pytest.mark.cluster
+
 
 def _dask(*args: str, log: Path) -> subprocess.Popen[bytes]:
     exe = Path(sys.executable).with_name("dask")

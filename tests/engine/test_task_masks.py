@@ -91,6 +91,7 @@ def test_register_pair_mask_problems_fail_the_pair_naming_the_mask(tmp_path, pai
     assert not (tmp_path / "out.zarr" / "p").exists()  # nothing written for a failed pair
 
 
+@pytest.mark.cluster
 def test_driver_carries_the_masks_of_a_queue_to_the_worker(tmp_path, pair):
     """submit (manifest with mask columns) -> run on an in-process cluster -> masks in the queue."""
     import torch
