@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from _batch_data import EXAMPLE, cli
 from PIL import Image
 
@@ -27,6 +28,7 @@ def _one_error_line(stderr: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_register_writes_a_full_resolution_record(tmp_path):
     out = tmp_path / "results" / "pair.json"  # the folder does not exist yet
     proc = cli("register", FIXED, MOVING, *QUICK, "--out", out, timeout=120)
@@ -62,6 +64,7 @@ def test_register_missing_file_is_one_line_naming_it(tmp_path):
     assert proc.stdout == ""
 
 
+@pytest.mark.slow
 def test_register_bad_images_are_one_line_naming_them(tmp_path):
     constant = tmp_path / "constant.png"
     Image.fromarray(np.full((120, 150, 3), 200, np.uint8)).save(constant)
@@ -82,6 +85,7 @@ def test_register_bad_images_are_one_line_naming_them(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_register_reads_and_writes_s3(tmp_path):
     from _s3_support import moto_s3
 
@@ -109,6 +113,7 @@ def _half_resolution_mask(path, image):
     return path
 
 
+@pytest.mark.slow
 def test_register_with_a_fixed_mask(tmp_path):
     mask = _half_resolution_mask(tmp_path / "fixed-mask.png", FIXED)
     out = tmp_path / "pair.json"
@@ -121,6 +126,7 @@ def test_register_with_a_fixed_mask(tmp_path):
     assert json.loads(out.read_text())["fixed_mask"] == str(mask)
 
 
+@pytest.mark.slow
 def test_register_mask_problems_are_one_line_naming_the_mask(tmp_path):
     missing = tmp_path / "no-such-mask.png"
     proc = cli("register", FIXED, MOVING, *QUICK, "--moving-mask", missing, check=1)

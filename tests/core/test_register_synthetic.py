@@ -31,6 +31,8 @@ from _core_data import (
 from drmime_batch import register
 from drmime_batch.evaluation import best_fit_matrix
 
+pytestmark = pytest.mark.slow  # every test registers a pair (5 to 45 s on two cores)
+
 
 @pytest.fixture(scope="module")
 def source() -> np.ndarray:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from drmime_batch.io import pair_is_complete, read_transform
 
-pytestmark = pytest.mark.cluster  # the CLI's run starts a LocalCluster
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]  # the CLI's run starts a LocalCluster
 
 
 def test_batch_reads_and_writes_s3(tmp_path):

@@ -127,6 +127,7 @@ def test_driver_carries_the_masks_of_a_queue_to_the_worker(tmp_path, pair):
     assert bad.error.startswith(f"moving mask {tmp_path / 'no-such-mask.png'}: ImageNotFoundError"), bad.error
 
 
+@pytest.mark.slow
 def test_small_tissue_on_a_large_slide_is_read_from_a_finer_level(tmp_path):
     # A 256-px piece of tissue on a 1600-px slide of glass: the level that fits max_size 256
     # shows it at 32 px; the task reads the tissue's box from a finer level instead.
