@@ -105,7 +105,7 @@ def read_cover_table(dataset: Path) -> list[Pair]:
     return [
         Pair(pid, dataset / r["Target image"], dataset / r["Source image"],
              dataset / r["Target landmarks"], dataset / r["Source landmarks"])
-        for pid, r in zip(ids, rows)
+        for pid, r in zip(ids, rows, strict=True)
     ]
 
 
@@ -292,7 +292,7 @@ def run(pairs: list[Pair], methods: list[str], runner: Methods, console: Any) ->
             t0 = time.perf_counter()
             try:
                 matrix = fn(f_rgb, m_rgb, pair)
-            except Exception as exc:  # a failed method is a result, not a crash of the benchmark
+            except Exception as exc:  # noqa: BLE001 - a failed method is a result, not a crash of the benchmark
                 out.seconds = time.perf_counter() - t0
                 out.error = f"{type(exc).__name__}: {exc}"
                 logger.debug("%s on %s failed:\n%s", method, pair.pair_id, traceback.format_exc())

@@ -213,7 +213,7 @@ def lobes1_specs(folder: Path) -> list[CaseSpec]:
         rows = list(csv.DictReader(fh))
     ids = acc._short_ids([(Path(r["fixed_image"]).stem, Path(r["moving_image"]).stem) for r in rows])
     specs = []
-    for pid, row in zip(ids, rows):
+    for pid, row in zip(ids, rows, strict=True):
         def build(row: dict[str, str] = row, pid: str = pid) -> Case:
             ref = {k: float(row[k]) for k in ("initial_median_rTRE", "best_affine_median_rTRE") if row.get(k)}
             return Case(f"lobes1/{pid}", "lobes1", load_gray16(folder / row["fixed_image"]),
@@ -703,9 +703,9 @@ def print_report(records: list[dict[str, Any]], summary: dict[str, Any], methods
             print_(table)
         else:
             print_(f"\n{title}")
-            widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+            widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
             for row in [head, *rows]:
-                print_("  ".join(str(x).ljust(wd) for x, wd in zip(row, widths)))
+                print_("  ".join(str(x).ljust(wd) for x, wd in zip(row, widths, strict=True)))
     if any(r["group"] == "generated" for r in records):
         print_("generated identity column: error of the identity / its rTRE; WORSE = error above the identity's")
     for group, by_method in summary.items():

@@ -56,6 +56,8 @@ PYPI_TO_CONDA: dict[str, str | None] = {
     "s3fs": "s3fs",
     "gcsfs": "gcsfs",
     "moto": None,  # its "server" extra exists on PyPI only
+    "ruff": "ruff",
+    "mypy": "mypy",
 }
 
 #: import name -> PyPI distribution, where they differ beyond ``_`` vs ``-``
@@ -148,7 +150,7 @@ def test_console_script_resolves_to_a_callable(pyproject: dict[str, Any], capsys
     module_name, _, attr = target.partition(":")
     func = getattr(importlib.import_module(module_name), attr)
     assert callable(func)
-    with pytest.raises(SystemExit, match="^0$"):
+    with pytest.raises(SystemExit, match=r"^0$"):
         func(["--version"])
     from drmime_batch import __version__
 
@@ -355,7 +357,7 @@ def test_pixi_tasks(pixi: dict[str, Any], pyproject: dict[str, Any], capsys: pyt
     assert script in pyproject["project"]["scripts"]
     from drmime_batch.cli import build_parser
 
-    with pytest.raises(SystemExit, match="^0$"):  # argparse exits 2 for an unknown sub-command
+    with pytest.raises(SystemExit, match=r"^0$"):  # argparse exits 2 for an unknown sub-command
         build_parser().parse_args([command, "--help"])
 
 
@@ -449,3 +451,16 @@ def test_ci_run_exit_status(tmp_path: Path, status: int) -> None:
         assert "collected no tests" in r.stderr
     else:
         assert r.returncode == status, r.stderr
+
+
+def test_ci_run_lints_before_the_tests(pyproject: dict[str, Any], declared: dict[str, dict[str, str]]) -> None:
+    lines = _script_lines()
+    cmd = "python -m pytest -q"
+    assert cmd in lines
+    for lint in ("python -m ruff check .", "python -m mypy"):
+        guarded = [i for i, ln in enumerate(lines) if ln == f"if ! {lint}; then"]
+        assert len(guarded) == 1, f".ci/run must run {lint!r} once, as 'if ! {lint}; then' (a failure stops CI)"
+        assert guarded[0] < lines.index(cmd), f"{lint!r} must run before the tests"
+        assert lines[guarded[0] + 2] == "exit 1", f"a failing {lint!r} must end CI with exit 1"
+    assert {"ruff", "mypy"} <= declared["test"].keys(), "the linters belong to the test extra that CI installs"
+    assert "ruff" in pyproject["tool"] and "mypy" in pyproject["tool"], "the linters are configured in pyproject.toml"

@@ -241,8 +241,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         from statistics import median
 
         console.print(
-            f"landmarks over {len(lms)} pair(s): median rTRE {median(l['identity_rtre_median'] for l in lms):.4f} "
-            f"before → {median(l['rtre_median'] for l in lms):.4f} after",
+            f"landmarks over {len(lms)} pair(s): median rTRE {median(lm['identity_rtre_median'] for lm in lms):.4f} "
+            f"before → {median(lm['rtre_median'] for lm in lms):.4f} after",
             markup=False, highlight=False,
         )
     if args.html:

@@ -16,7 +16,17 @@ from typing import Any, Iterable, TextIO
 
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, Task, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -67,7 +77,7 @@ def summary_table(rows: Iterable[PairRow], *, title: str | None = "Batch summary
     table.add_column("worker / error", overflow="fold")
     for row in rows:
         fig = pair_figures(row)
-        cells = [
+        cells: list[str | Text] = [
             row.pair_id,
             Text(row.state, style=_STATE_STYLE.get(row.state, "")),
             str(row.attempts),

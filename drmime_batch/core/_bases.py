@@ -30,7 +30,10 @@ def _unit(i: int, j: int) -> list[list[float]]:
 
 def _generators() -> list[list[list[float]]]:
     e = _unit
-    add = lambda a, b, s=1.0: [[a[i][j] + s * b[i][j] for j in range(3)] for i in range(3)]  # noqa: E731
+
+    def add(a: list[list[float]], b: list[list[float]], s: float = 1.0) -> list[list[float]]:
+        return [[a[i][j] + s * b[i][j] for j in range(3)] for i in range(3)]
+
     return [
         e(0, 2),  # translation x
         e(1, 2),  # translation y
@@ -93,5 +96,5 @@ def exp_transform(theta: torch.Tensor, bases: torch.Tensor) -> torch.Tensor:
     True
     """
     generator = torch.einsum("k,kij->ij", theta, bases)
-    matrix = torch.linalg.matrix_exp(generator)
+    matrix: torch.Tensor = torch.linalg.matrix_exp(generator)
     return matrix / matrix[2, 2]

@@ -51,7 +51,7 @@ def _as_pair(value: float | Sequence[float], name: str) -> tuple[float, float]:
     seq = tuple(float(v) for v in value)  # type: ignore[union-attr]
     if len(seq) != 2:
         raise ValueError(f"{name} must be a number or an (x, y) pair, got {value!r}")
-    return seq  # type: ignore[return-value]
+    return seq
 
 
 def level_to_full_matrix(downsample: float | Sequence[float]) -> np.ndarray:
@@ -126,7 +126,8 @@ def matrix_from_crop(
     mx, my = _as_pair(moving_offset, "moving_offset")
     to_moving = np.array([[1.0, 0.0, mx], [0.0, 1.0, my], [0.0, 0.0, 1.0]])
     from_fixed = np.array([[1.0, 0.0, -fx], [0.0, 1.0, -fy], [0.0, 0.0, 1.0]])
-    return to_moving @ np.asarray(matrix, dtype=np.float64) @ from_fixed
+    out: np.ndarray = to_moving @ np.asarray(matrix, dtype=np.float64) @ from_fixed
+    return out
 
 
 def matrix_to_level(
@@ -138,7 +139,8 @@ def matrix_to_level(
     """Inverse of :func:`matrix_from_level`: the full-resolution matrix seen between two levels."""
     lf = level_to_full_matrix(fixed_downsample)
     lm = level_to_full_matrix(moving_downsample)
-    return np.linalg.inv(lm) @ np.asarray(matrix, dtype=np.float64) @ lf
+    out: np.ndarray = np.linalg.inv(lm) @ np.asarray(matrix, dtype=np.float64) @ lf
+    return out
 
 
 def matrix_to_physical(
@@ -211,4 +213,5 @@ def apply_matrix(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     if pts.ndim != 2 or pts.shape[1] != 2:
         raise ValueError(f"points must have shape (N, 2), got {pts.shape}")
     hom = np.c_[pts, np.ones(len(pts))] @ np.asarray(matrix, dtype=np.float64).T
-    return hom[:, :2] / hom[:, 2:3]
+    out: np.ndarray = hom[:, :2] / hom[:, 2:3]
+    return out

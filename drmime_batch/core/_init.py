@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,7 @@ class Initialisation:
     flip: bool
     score: float | None  # None when nothing was scored (``init="none"``)
     name: str = "identity"  # "identity", "moments" or "rotation"
-    candidates: tuple[dict, ...] = ()  # every polished candidate and its comparable score
+    candidates: tuple[dict[str, Any], ...] = ()  # every polished candidate and its comparable score
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -282,10 +282,10 @@ def comparable_score(
     -------
     Tensor, shape (K,)
     """
-    return sum(
+    return cast(torch.Tensor, sum(  # sum of at least one tensor: a tensor
         _scores(f, m, matrices, ff, mf, bins)
-        for f, m, ff, mf in zip(fixed, moving, fixed_to_frame, moving_to_frame)
-    )
+        for f, m, ff, mf in zip(fixed, moving, fixed_to_frame, moving_to_frame, strict=True)
+    ))
 
 
 def search_initialisation(
@@ -349,14 +349,14 @@ def search_initialisation(
     com_m = moving_to_frame[-1] @ torch.cat([cm.to(dtype), one])
     grid = _candidates(com_f, com_m, angles=angles, flip=flip, rotate=rotate)
     stack = torch.stack([c[2] for c in grid])
+    grid_scores: torch.Tensor | None = None
+    top: list[int] = []
     if len(grid) > 1:
-        grid_scores = sum(
+        grid_scores = cast(torch.Tensor, sum(  # sum of at least one tensor: a tensor
             _scores(f, m, stack, ff, mf, bins)
-            for f, m, ff, mf in zip(fixed, moving, fixed_to_frame, moving_to_frame)
-        )
+            for f, m, ff, mf in zip(fixed, moving, fixed_to_frame, moving_to_frame, strict=True)
+        ))
         top = torch.argsort(grid_scores, descending=True)[:shortlist].tolist()
-    else:
-        grid_scores, top = None, []
     # The identity and the plain centre-of-mass alignment (grid index 0) always compete.
     chosen = [None, 0] + [i for i in top if i != 0]
     names = ["identity"] + ["moments" if i == 0 else "rotation" for i in chosen[1:]]
@@ -368,8 +368,8 @@ def search_initialisation(
         scores = comparable_score(fixed, moving, mats, fixed_to_frame=fixed_to_frame, moving_to_frame=moving_to_frame)
     else:
         scores = scorer(mats)
-    records = []
-    for j, (i, name) in enumerate(zip(chosen, names)):
+    records: list[dict[str, Any]] = []
+    for j, (i, name) in enumerate(zip(chosen, names, strict=True)):
         grid_angle, mirrored = (0.0, False) if i is None else (grid[i][0], grid[i][1])
         records.append({
             "name": name,

@@ -76,7 +76,7 @@ def _padding(a: np.ndarray, ring: np.ndarray) -> tuple[np.ndarray, np.ndarray | 
     if flat[ring].sum() >= 0.05 * ring.sum():
         vals, counts = np.unique(a[:, ring & flat].T, axis=0, return_counts=True)
         for v in vals[counts >= 0.05 * ring.sum()]:
-            pad |= flat & np.logical_and.reduce([x == vc for x, vc in zip(a, v)])
+            pad |= flat & np.logical_and.reduce([x == vc for x, vc in zip(a, v, strict=True)])
         value = vals[np.argmax(counts)] if pad.any() else None
     return ndi.binary_dilation(pad, np.ones((3, 3), bool)), value  # 3x3 around the centres
 
@@ -88,7 +88,8 @@ def _background(a: np.ndarray, where: np.ndarray) -> np.ndarray:
     hist, edges = np.histogram(lum, bins=64)
     k = int(np.argmax(hist))
     near = (lum >= edges[max(k - 1, 0)]) & (lum <= edges[min(k + 2, 64)])
-    return np.median(px[:, near], axis=1)
+    colour: np.ndarray = np.median(px[:, near], axis=1)
+    return colour
 
 
 def _noise(a: np.ndarray, valid: np.ndarray, bg: np.ndarray, block: int = 8) -> float:
@@ -109,13 +110,14 @@ def _noise(a: np.ndarray, valid: np.ndarray, bg: np.ndarray, block: int = 8) -> 
         if sel.sum() < 64:
             break
         sigma = float(np.median(diff[sel]))
-    return sigma * 1.4826 / np.sqrt(2)
+    return float(sigma * 1.4826 / np.sqrt(2))
 
 
 def _close_open(raw: np.ndarray, radius: int) -> np.ndarray:
     """Closing (radius 4 px, reflected at the edges) joins lacy tissue; opening drops lines."""
     closed = ndi.binary_closing(np.pad(raw, 4, mode="reflect"), _disk(4))[4:-4, 4:-4] | raw
-    return ndi.binary_opening(closed, _disk(radius))
+    opened: np.ndarray = ndi.binary_opening(closed, _disk(radius))
+    return opened
 
 
 def _otsu(x: np.ndarray, bins: int = 256) -> float:
@@ -171,6 +173,7 @@ def tissue_mask(image: np.ndarray, *, max_size: int = 512) -> np.ndarray:
     low, high = np.percentile((a - bg[:, None, None]).mean(0)[~pad], [1, 99])
     flat_glass = pad_value is not None and min(-low, high) > 0.5 * max(-low, high)
     if flat_glass:  # deviations both ways: the slide region's border is tissue; the constant is glass
+        assert pad_value is not None  # flat_glass says so
         bg = pad_value
         low, high = np.percentile((a - bg[:, None, None]).mean(0)[~pad], [1, 99])
     dev = a - bg[:, None, None]
@@ -232,7 +235,8 @@ def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     H, W = int(shape[0]), int(shape[1])
     rows = np.minimum(((np.arange(H) + 0.5) * m.shape[0] / H).astype(np.intp), m.shape[0] - 1)
     cols = np.minimum(((np.arange(W) + 0.5) * m.shape[1] / W).astype(np.intp), m.shape[1] - 1)
-    return m[rows[:, None], cols[None, :]]
+    resized: np.ndarray = m[rows[:, None], cols[None, :]]
+    return resized
 
 
 def mask_fraction(mask: np.ndarray) -> float:
@@ -287,7 +291,8 @@ def ink_mask(image: np.ndarray) -> np.ndarray:
     blue = (r < 90) & (b - r > 60) & (b - g > 20)
     green = (g - r > 40) & (g > b)
     black = np.maximum(np.maximum(r, g), b) < 70
-    return blue | green | black
+    marks: np.ndarray = blue | green | black
+    return marks
 
 
 #: Crop to the tissue only when its box (with margin) covers less than this share of the image.

@@ -43,7 +43,8 @@ class StatisticsNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Scores of the pairs ``(x[i], y[i])``; ``x`` of shape (N, Cf), ``y`` of shape (N, Cm)."""
-        return self.layers(torch.cat([x, y], dim=1)).squeeze(1)
+        scores: torch.Tensor = self.layers(torch.cat([x, y], dim=1))
+        return scores.squeeze(1)
 
 
 def dv_bound(
@@ -69,6 +70,6 @@ def dv_bound(
     """
     n = x.shape[0]
     perm = torch.randperm(n, generator=generator, device="cpu").to(y.device)
-    joint = net(x, y)
-    marginal = net(x, y[perm])
+    joint: torch.Tensor = net(x, y)
+    marginal: torch.Tensor = net(x, y[perm])
     return joint.mean() - (torch.logsumexp(marginal, dim=0) - math.log(n))

@@ -21,9 +21,10 @@ kept when the result is worse (:func:`never_worse`).
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -110,7 +111,7 @@ def _t(m: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(np.asarray(m, dtype=np.float64), device=device)
 
 
-def _downsample(shape_full: tuple[int, int], shape_level: tuple[int, int]) -> tuple[float, float]:
+def _downsample(shape_full: Sequence[int], shape_level: Sequence[int]) -> tuple[float, float]:
     return shape_full[1] / shape_level[1], shape_full[0] / shape_level[0]
 
 
@@ -168,7 +169,7 @@ def optimise(
     config: RegistrationConfig,
     *,
     callback: ProgressCallback | None = None,
-    trace: list | None = None,
+    trace: list[tuple[int, float, np.ndarray]] | None = None,
     fixed_mask: torch.Tensor | None = None,
     moving_mask: torch.Tensor | None = None,
 ) -> OptimisationOutcome:
@@ -207,7 +208,7 @@ def optimise(
     # its factor is exactly 2**k; the ratio of sizes would be off by up to a pixel per level on
     # odd sizes, a scale error of ~1.5 % at the coarsest level.
     f_to_frame, m_to_frame, frame_to_grid_f, frame_to_grid_m = [], [], [], []
-    for lvl, (lf, lm) in enumerate(zip(pyr_f, pyr_m)):
+    for lvl, (lf, lm) in enumerate(zip(pyr_f, pyr_m, strict=True)):
         to_full = _t(level_to_full_matrix(float(2**lvl)), device)
         f_to_frame.append(frame_f @ to_full)
         m_to_frame.append(frame_m @ to_full)
@@ -216,7 +217,9 @@ def optimise(
 
     # Coarse initialisation on small, lightly blurred copies of the finest level; candidates, and
     # later the start against the result, compared by one score at finer scales.
-    def to_frames(images: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[list, list]:
+    def to_frames(
+        images: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         return (
             [frame_f @ _t(level_to_full_matrix(_downsample(full_f, f.shape[1:])), device) for f, _ in images],
             [frame_m @ _t(level_to_full_matrix(_downsample(full_m, m.shape[1:])), device) for _, m in images],
@@ -321,12 +324,12 @@ def optimise(
             y_all = torch.cat(ys)
             offsets = np.cumsum([0] + sizes)
             perm = torch.cat(
-                [torch.randperm(n, generator=gen) + int(o) for n, o in zip(sizes, offsets[:-1])]
+                [torch.randperm(n, generator=gen) + int(o) for n, o in zip(sizes, offsets[:-1], strict=True)]
             ).to(device)
             scores = net(torch.cat([x_all, x_all]), torch.cat([y_all, y_all[perm]]))
             joint, marginal = scores[: len(x_all)], scores[len(x_all) :]
             values, surrogates = [], []
-            for lvl, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
+            for lvl, (a, b) in enumerate(itertools.pairwise(offsets)):
                 log_mean_exp = torch.logsumexp(marginal[a:b], 0) - math.log(b - a)
                 values.append(joint[a:b].mean() - log_mean_exp)
                 if config.mine_ema > 0:
@@ -334,15 +337,16 @@ def optimise(
                     # gradient of log-mean-exp is replaced by its moving average over iterations,
                     # since a single minibatch's estimate biases the transform's gradient.
                     lme = float(log_mean_exp.detach())
-                    ema_lme[lvl] = lme if ema_lme[lvl] is None else (
-                        (1 - config.mine_ema) * ema_lme[lvl] + config.mine_ema * lme
+                    prev = ema_lme[lvl]
+                    ema_lme[lvl] = lme_ema = lme if prev is None else (
+                        (1 - config.mine_ema) * prev + config.mine_ema * lme
                     )
-                    surrogates.append(joint[a:b].mean() - torch.exp(log_mean_exp - ema_lme[lvl]))
+                    surrogates.append(joint[a:b].mean() - torch.exp(log_mean_exp - lme_ema))
                 else:
                     surrogates.append(values[-1])
         else:
             assert metric_fn is not None
-            values = [metric_fn(x, y) for x, y in zip(xs, ys)]
+            values = [metric_fn(x, y) for x, y in zip(xs, ys, strict=True)]
             surrogates = values
         similarity = torch.stack(values).mean()
         if not torch.isfinite(similarity):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Iterable, Mapping, Protocol, Sequence, cast
 
 import numpy as np
 
@@ -38,14 +38,23 @@ _TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".ndpi", ".scn", ".btf"}
 
 
 class _RowLike(Protocol):
-    pair_id: str
-    state: str
-    fixed: str
-    fixed_landmarks: str | None
-    moving_landmarks: str | None
-    matrix: list[list[float]] | None
-    seconds: float | None
-    result: dict[str, Any]
+    # read-only, as the queue's PairRow (a frozen dataclass) is
+    @property
+    def pair_id(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def fixed(self) -> str: ...
+    @property
+    def fixed_landmarks(self) -> str | None: ...
+    @property
+    def moving_landmarks(self) -> str | None: ...
+    @property
+    def matrix(self) -> list[list[float]] | None: ...
+    @property
+    def seconds(self) -> float | None: ...
+    @property
+    def result(self) -> dict[str, Any]: ...
 
 
 def _shape_from_axes(shape: Sequence[int], axes: str) -> tuple[int, int]:
@@ -101,12 +110,12 @@ def image_shape(path: str | Path) -> tuple[int, int]:
             shape = node.shape
             return (int(shape[0]), int(shape[1])) if len(shape) == 3 and shape[2] <= 4 else (
                 int(shape[-2]), int(shape[-1]))
-        attrs = dict(node.attrs)
+        attrs: dict[str, Any] = dict(node.attrs)
         multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
         if not multiscales:
             raise UnsupportedFormatError(f"zarr group {p} has no 'multiscales' metadata")
         ms = multiscales[0]
-        arr = node[ms["datasets"][0]["path"]]
+        arr = cast("zarr.Array[Any]", node[ms["datasets"][0]["path"]])  # NGFF datasets name arrays
         axes = "".join(str(a["name"] if isinstance(a, Mapping) else a)[0] for a in ms.get("axes", []))
         if len(axes) == len(arr.shape):
             return _shape_from_axes(arr.shape, axes)

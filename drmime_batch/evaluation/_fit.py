@@ -35,7 +35,7 @@ def _fit_homography(f: np.ndarray, m: np.ndarray) -> np.ndarray:
     tf, tm = _normaliser(f), _normaliser(m)
     fn, mn = apply_matrix(tf, f), apply_matrix(tm, m)
     rows = []
-    for (x, y), (u, v) in zip(fn, mn):
+    for (x, y), (u, v) in zip(fn, mn, strict=True):
         rows.append([x, y, 1.0, 0.0, 0.0, 0.0, -u * x, -u * y, -u])
         rows.append([0.0, 0.0, 0.0, x, y, 1.0, -v * x, -v * y, -v])
     _, _, vt = np.linalg.svd(np.asarray(rows))

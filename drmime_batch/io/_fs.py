@@ -110,7 +110,8 @@ def url_fs(url: str) -> tuple[Any, str]:
     import fsspec
 
     try:
-        return fsspec.core.url_to_fs(url)
+        fs_and_path: tuple[Any, str] = fsspec.core.url_to_fs(url)
+        return fs_and_path
     except ImportError as exc:
         scheme = url.split("://", 1)[0]
         package = _BACKENDS.get(scheme, f"the fsspec back-end of {scheme}://")

@@ -53,9 +53,10 @@ def downsample2(arr: da.Array, *, labels: bool = False) -> da.Array:
     """
     h, w = arr.shape[0] // 2 * 2, arr.shape[1] // 2 * 2
     if labels:
-        return arr[0:h:2, 0:w:2]
+        picked: da.Array = arr[0:h:2, 0:w:2]
+        return picked
     axes = {0: 2, 1: 2}
-    out = da.coarsen(np.mean, arr[:h, :w], axes, trim_excess=True, dtype=np.float64)
+    out: da.Array = da.coarsen(np.mean, arr[:h, :w], axes, trim_excess=True, dtype=np.float64)
     if np.issubdtype(arr.dtype, np.integer):
         info = np.iinfo(arr.dtype)
         out = da.clip(da.floor(out + 0.5), info.min, info.max)
@@ -168,11 +169,12 @@ class MultiscaleImage:
 
     @property
     def dtype(self) -> np.dtype:
-        return self._levels[0].dtype
+        dtype: np.dtype = self._levels[0].dtype
+        return dtype
 
     @property
     def ndim(self) -> int:
-        return self._levels[0].ndim
+        return int(self._levels[0].ndim)
 
     @property
     def channels(self) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dask.array as da
 import numpy as np
@@ -110,7 +110,7 @@ def _store_level(group: Any, index: int, cyx: da.Array, *, shard: int, chunk: in
         zarr_format=3,
     )
     aligned = cyx.rechunk(lead + shard_shape)
-    da.store(aligned, arr, lock=False, compute=True)
+    da.store(aligned, arr, lock=False, compute=True)  # type: ignore[arg-type]  # dask's targets omit zarr.Array
     return arr
 
 
@@ -191,7 +191,8 @@ def write_ome_tiff(
         return
 
     group = zarr.open_group(store=str(zarr_path), mode="r")
-    levels = [group[str(i)] for i in range(len(list(group.array_keys())))]
+    # the levels are arrays "0", "1", ... (written by write_ome_zarr)
+    levels = [cast("zarr.Array[Any]", group[str(i)]) for i in range(len(list(group.array_keys())))]
     rgb = levels[0].ndim == 3 and levels[0].shape[0] == 3 and levels[0].dtype == np.uint8
 
     def tiles(arr: Any) -> Any:

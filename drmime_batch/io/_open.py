@@ -8,7 +8,7 @@ import re
 import struct
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -282,25 +282,25 @@ def _open_zarr(p: Location) -> MultiscaleImage:
                 f"{name}: a directory but not a zarr store (no zarr.json/.zgroup/.zarray)"
             ) from exc
         raise CorruptImageError(f"{name}: cannot open zarr store: {exc}") from exc
-    version = _zarr_version(p)
+    store_stamp = _zarr_version(p)
     if isinstance(node, zarr.Array):
         amap = AxisMap.from_axes(_guess_axes(node.shape, dict(node.attrs)), node.shape)
-        src = ZarrSource(str(p), "", amap, np.dtype(node.dtype), version)
+        src = ZarrSource(str(p), "", amap, np.dtype(node.dtype), store_stamp)
         return MultiscaleImage(p, [src], native_chunks=[node.chunks], metadata={"format": "zarr"})
     attrs = dict(node.attrs)
-    multiscales, version = _ngff_multiscales(attrs)
+    multiscales, ngff_version = _ngff_multiscales(attrs)
     if multiscales:
         ms = multiscales[0]
         paths = [d["path"] for d in ms["datasets"]]
         axes = ms.get("axes")
-        arrays = [node[path] for path in paths]
+        arrays = [cast("zarr.Array[Any]", node[path]) for path in paths]  # NGFF datasets name arrays
         names = (
             tuple((a["name"] if isinstance(a, dict) else a) for a in axes)
             if axes
             else _guess_axes(arrays[0].shape, dict(arrays[0].attrs))
         )
         pixel_size = _ngff_pixel_size(ms, axes) if axes else None
-        meta = {"format": "ome-zarr", "ngff_version": version, "name": ms.get("name")}
+        meta = {"format": "ome-zarr", "ngff_version": ngff_version, "name": ms.get("name")}
     else:
         members = [(k, a) for k, a in node.arrays()]
         if not members:
@@ -316,10 +316,11 @@ def _open_zarr(p: Location) -> MultiscaleImage:
     sources = []
     for path, arr in zip(paths, arrays, strict=True):
         amap = AxisMap.from_axes(names, arr.shape)
-        sources.append(ZarrSource(str(p), str(path), amap, np.dtype(arr.dtype), version))
+        sources.append(ZarrSource(str(p), str(path), amap, np.dtype(arr.dtype), store_stamp))
     native = []
     for src, arr in zip(sources, arrays, strict=True):
-        chunks = arr.chunks if getattr(arr, "shards", None) is None else arr.shards
+        shards = getattr(arr, "shards", None)
+        chunks = arr.chunks if shards is None else shards
         native.append((chunks[src.axis_map.y_axis], chunks[src.axis_map.x_axis]))
     return MultiscaleImage(p, sources, pixel_size=pixel_size, native_chunks=native, metadata=meta)
 

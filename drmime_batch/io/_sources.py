@@ -118,7 +118,8 @@ def _normalise_key(key: Any, ndim: int) -> tuple[slice, ...]:
     for k in key:
         if not isinstance(k, slice) or (k.step not in (None, 1)):
             raise TypeError(f"level sources take unit-step slices only, got {key!r}")
-    return key  # type: ignore[return-value]
+    slices: tuple[slice, ...] = key  # each checked above
+    return slices
 
 
 class LevelSource:
@@ -282,9 +283,7 @@ def _load_pil(path: str, stamp: tuple[Any, ...]) -> np.ndarray:
 
     with _PIL_LOCK, Image.open(io.BytesIO(read_bytes(path)) if is_url(path) else path) as im:
         convert, _, dtype = pil_mode_plan(im.mode)
-        if convert is not None:
-            im = im.convert(convert)
-        arr = np.asarray(im)
+        arr = np.asarray(im if convert is None else im.convert(convert))
     if arr.dtype != dtype:
         arr = arr.astype(dtype)
     arr.setflags(write=False)

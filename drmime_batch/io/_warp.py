@@ -17,6 +17,7 @@ scipy does the work, with identical results up to float rounding.
 from __future__ import annotations
 
 import logging
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Sequence
 
 import dask.array as da
@@ -37,6 +38,7 @@ WARP_CHUNK = 1024
 #: extra source pixels read around each window (interpolation neighbours + rounding)
 _MARGIN = 2
 
+_numba: ModuleType | None
 try:  # pragma: no cover - exercised when numba is installed
     import numba as _numba
 except ImportError:  # pragma: no cover
@@ -257,7 +259,8 @@ def _normalise_chunks(chunks: int | Sequence[int] | None, shape: tuple[int, int]
         cy, cx = (int(c) for c in tuple(chunks)[:2])
     if cy < 1 or cx < 1:
         raise ValueError(f"chunks must be positive, got {chunks!r}")
-    return da.core.normalize_chunks((cy, cx), shape)
+    normalised: tuple[tuple[int, ...], ...] = da.core.normalize_chunks((cy, cx), shape)
+    return normalised
 
 
 def _coerce_matrix(matrix: Any) -> np.ndarray:
@@ -351,4 +354,4 @@ def warp(
     ((661, 892, 3), dtype('uint8'), (3, 4, 1))
     """
     source = moving.source(0)
-    return warp_array(source, matrix, tuple(like.shape[:2]), order=order, cval=cval, chunks=chunks)
+    return warp_array(source, matrix, (like.shape[0], like.shape[1]), order=order, cval=cval, chunks=chunks)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import zarr
-
 from _batch_data import FAST, SHIFT, cli, make_pairs, status
 
 
+@pytest.mark.slow
 def test_manifest_refusals_queue_nothing(tmp_path):
     (tmp_path / "dup.csv").write_text("pair_id,fixed,moving\na,f.png,m.png\na,f.png,m2.png\n")
     proc = cli("submit", tmp_path / "dup.csv", "--queue", tmp_path / "q.sqlite", "--out", tmp_path / "o.zarr",
@@ -35,6 +36,8 @@ def test_manifest_refusals_queue_nothing(tmp_path):
     assert "does not exist" in proc.stderr
 
 
+@pytest.mark.cluster
+@pytest.mark.slow
 def test_submit_run_status_retry_cancel_report(tmp_path):
     manifest = make_pairs(tmp_path / "data", n_good=2, bad=True)
     queue, out = tmp_path / "q.sqlite", tmp_path / "out.zarr"

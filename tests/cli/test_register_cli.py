@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from PIL import Image
-
+import pytest
 from _batch_data import EXAMPLE, cli
+from PIL import Image
 
 from drmime_batch.core import RegistrationResult
 from drmime_batch.evaluation import best_fit_matrix, evaluate_matrix, read_landmarks
@@ -28,6 +28,7 @@ def _one_error_line(stderr: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_register_writes_a_full_resolution_record(tmp_path):
     out = tmp_path / "results" / "pair.json"  # the folder does not exist yet
     proc = cli("register", FIXED, MOVING, *QUICK, "--out", out, timeout=120)
@@ -42,7 +43,7 @@ def test_register_writes_a_full_resolution_record(tmp_path):
     assert result.config["max_size"] == 256 and result.final_mi > 0.1
     # the record describes the files at full resolution, not the level registered
     assert tuple(result.fixed_shape[:2]) == (661, 892)
-    for row, line in zip(m, proc.stdout.split("matrix")[1].splitlines()[2:5]):
+    for row, line in zip(m, proc.stdout.split("matrix")[1].splitlines()[2:5], strict=True):
         assert f"{row[2]:.6f}" in line  # the printed matrix is the written one
     assert sorted(p.name for p in out.parent.iterdir()) == ["pair.json"]  # no temporary left over
 
@@ -63,6 +64,7 @@ def test_register_missing_file_is_one_line_naming_it(tmp_path):
     assert proc.stdout == ""
 
 
+@pytest.mark.slow
 def test_register_bad_images_are_one_line_naming_them(tmp_path):
     constant = tmp_path / "constant.png"
     Image.fromarray(np.full((120, 150, 3), 200, np.uint8)).save(constant)
@@ -83,6 +85,7 @@ def test_register_bad_images_are_one_line_naming_them(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_register_reads_and_writes_s3(tmp_path):
     from _s3_support import moto_s3
 
@@ -110,6 +113,7 @@ def _half_resolution_mask(path, image):
     return path
 
 
+@pytest.mark.slow
 def test_register_with_a_fixed_mask(tmp_path):
     mask = _half_resolution_mask(tmp_path / "fixed-mask.png", FIXED)
     out = tmp_path / "pair.json"
@@ -122,6 +126,7 @@ def test_register_with_a_fixed_mask(tmp_path):
     assert json.loads(out.read_text())["fixed_mask"] == str(mask)
 
 
+@pytest.mark.slow
 def test_register_mask_problems_are_one_line_naming_the_mask(tmp_path):
     missing = tmp_path / "no-such-mask.png"
     proc = cli("register", FIXED, MOVING, *QUICK, "--moving-mask", missing, check=1)

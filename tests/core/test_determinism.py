@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from _core_data import AFFINE, QUICK, SHAPE, SIZE, corner_error, ihc_source, view_pair
 
 from drmime_batch import register
+
+pytestmark = pytest.mark.slow
 
 #: fewer iterations than the other synthetic cases: enough for < 1 px (about 0.15 px), and the
 #: comparison of two runs does not need more

@@ -38,6 +38,7 @@ def _tissue_error(matrix: np.ndarray, truth: np.ndarray) -> float:
     return corner_error(matrix @ to_square, truth @ to_square, (SIZE, SIZE))
 
 
+@pytest.mark.slow
 def test_small_tissue_is_cropped_and_registered_at_full_resolution(small_tissue):
     fixed, moving, truth = small_tissue
     # max_size 256 would shrink each slide 2.5x; cropped to the tissue, nothing is shrunk
@@ -51,6 +52,7 @@ def test_small_tissue_is_cropped_and_registered_at_full_resolution(small_tissue)
     assert back.masks == result.masks
 
 
+@pytest.mark.slow
 def test_user_masks_at_a_lower_resolution_are_used(small_tissue):
     fixed, moving, truth = small_tissue
     fixed_mask = np.zeros((160, 160), np.uint8)  # a quarter of the slide's resolution
@@ -62,6 +64,7 @@ def test_user_masks_at_a_lower_resolution_are_used(small_tissue):
     assert _tissue_error(result.matrix, truth) < 1.0
 
 
+@pytest.mark.slow
 def test_no_tissue_found_falls_back_to_the_whole_image():
     rng = np.random.default_rng(0)
     texture = rng.random((96, 96))  # tissue everywhere: no background to tell it from
@@ -86,6 +89,7 @@ def test_bad_masks_are_refused_naming_them(mask, words, role):
     assert str(info.value).startswith(f"{role} mask") and "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_marker_pen_strokes_are_painted_over(small_tissue):
     fixed, moving, truth = small_tissue
     inked = moving.copy()

@@ -14,6 +14,8 @@ from _core_data import lung_pair
 from drmime_batch import register
 from drmime_batch.evaluation import best_fit_matrix, evaluate_matrix
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize(
     ("row", "fixed_name", "moving_name"),

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from _core_data import (
     AFFINE,
-    about_centre,
     HOMOGRAPHY,
     QUICK,
     ROTATION_150,
     SHAPE,
     SIZE,
+    about_centre,
     corner_error,
     hematoxylin,
     ihc_source,
@@ -30,6 +30,8 @@ from _core_data import (
 
 from drmime_batch import register
 from drmime_batch.evaluation import best_fit_matrix
+
+pytestmark = pytest.mark.slow  # every test registers a pair (5 to 45 s on two cores)
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ def _round_core(image: np.ndarray, radius: float) -> np.ndarray:
     return np.where(inside[..., None], image, 1.0)
 
 
+@pytest.mark.slow
 def test_round_core_stays_in_the_near_identity_basin(source):
     truth = about_centre(rotation(8), SHAPE, (3.0, -2.0))
     fixed, moving = view_pair(source, truth, SIZE)
@@ -43,6 +44,7 @@ def test_round_core_stays_in_the_near_identity_basin(source):
     assert corner_error(result.matrix, truth, SHAPE) < 2.0
 
 
+@pytest.mark.slow
 def test_every_candidate_is_recorded_and_the_rule_holds(source):
     truth = about_centre(rotation(150), SHAPE, (2.0, 3.0))
     fixed, moving = view_pair(source, truth, SIZE)

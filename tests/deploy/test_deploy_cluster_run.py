@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
-
 from _deploy_support import cli, hpc_style_cluster, scheduler_address, tls_args, write_tls_config
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.cluster, pytest.mark.slow]
 
 SMALL = ["--max-iterations", "10", "--max-size", "128", "--levels", "1", "--points", "256", "--init", "moments"]
 

@@ -90,7 +90,7 @@ def test_pbs_user_resource_spec_gets_ngpus_appended_or_checked(tmp_path):
     path = _config(tmp_path, "pbs", 1, extra='resource-spec: "select=1:ncpus=6:mem=48GB:host_type=x"')
     assert "#PBS -l select=1:ncpus=6:mem=48GB:host_type=x:ngpus=1" in job_script("pbs", config_path=path)
     bad = _config(tmp_path, "pbs", 1, extra='resource-spec: "select=1:ncpus=6:ngpus=4"')
-    with pytest.raises(ClusterConfigError, match="ngpus=4 but drmime-batch.gpus-per-job is 1"):
+    with pytest.raises(ClusterConfigError, match=r"ngpus=4 but drmime-batch\.gpus-per-job is 1"):
         job_script("pbs", config_path=bad)
 
 
@@ -267,6 +267,7 @@ def test_cluster_script_command_prints_the_script(tmp_path, capsys):
     assert "cluster config file not found" in capsys.readouterr().err
 
 
+@pytest.mark.cluster
 def test_make_cluster_submits_the_same_script_and_adapts(tmp_path):
     """A real SLURMCluster (scheduler on this machine, no job submitted with min_jobs=0)."""
     path = _config(

@@ -6,7 +6,10 @@ import os
 import signal
 import time
 
+import pytest
 from _batch_data import FAST, cli, make_pairs, peek, spawn, status, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]  # the CLI's run starts a LocalCluster
 
 
 def test_driver_sigkill_then_resume(tmp_path):

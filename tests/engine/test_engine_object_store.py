@@ -10,12 +10,15 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 import tifffile
 from _batch_data import FAST, SHIFT, cli, make_pairs, peek
 from _s3_support import moto_s3
 from PIL import Image
 
 from drmime_batch.io import pair_is_complete, read_transform
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]  # the CLI's run starts a LocalCluster
 
 
 def test_batch_reads_and_writes_s3(tmp_path):

@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _batch_data import FAST, cli, make_pairs, peek, spawn, status, wait_for
 
 distributed = pytest.importorskip("distributed")
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
 def _dask(*args: str, log: Path) -> subprocess.Popen[bytes]:

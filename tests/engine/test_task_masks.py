@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from _batch_data import SHIFT, make_pairs
+from PIL import Image
 
 from drmime_batch.engine import PairTask
 from drmime_batch.engine._task import register_pair
@@ -92,6 +91,7 @@ def test_register_pair_mask_problems_fail_the_pair_naming_the_mask(tmp_path, pai
     assert not (tmp_path / "out.zarr" / "p").exists()  # nothing written for a failed pair
 
 
+@pytest.mark.cluster
 def test_driver_carries_the_masks_of_a_queue_to_the_worker(tmp_path, pair):
     """submit (manifest with mask columns) -> run on an in-process cluster -> masks in the queue."""
     import torch
@@ -127,6 +127,7 @@ def test_driver_carries_the_masks_of_a_queue_to_the_worker(tmp_path, pair):
     assert bad.error.startswith(f"moving mask {tmp_path / 'no-such-mask.png'}: ImageNotFoundError"), bad.error
 
 
+@pytest.mark.slow
 def test_small_tissue_on_a_large_slide_is_read_from_a_finer_level(tmp_path):
     # A 256-px piece of tissue on a 1600-px slide of glass: the level that fits max_size 256
     # shows it at 32 px; the task reads the tissue's box from a finer level instead.

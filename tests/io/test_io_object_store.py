@@ -30,6 +30,7 @@ from drmime_batch.io import (
     write_registered,
     write_transform,
 )
+from drmime_batch.io._fs import stamp
 from drmime_batch.io._omezarr import write_ome_zarr
 
 M = np.array([[1.0, 0.02, 5.0], [-0.02, 1.0, 3.0], [0.0, 0.0, 1.0]])
@@ -131,6 +132,8 @@ def test_ome_zarr_url_same_pixels_and_lazy(
     assert not [key for key in chunk_keys if key.startswith("0/")], "a full-resolution chunk was read"
     np.testing.assert_array_equal(img.read_level(0), ref.read_level(0))
     assert url in repr(img.source(0).__dask_tokenize__())
+    # the token carries the root metadata's stamp (not the NGFF version, "0.5")
+    assert img.source(0).stamp == stamp(f"{url}/zarr.json")
 
 
 def test_png_missing_and_non_image_urls(s3: S3, tmp_path: Path) -> None:

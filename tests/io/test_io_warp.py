@@ -135,6 +135,7 @@ def test_reads_only_needed_windows(ome_tiff: Path, monkeypatch: pytest.MonkeyPat
     assert len(areas) == 3 * 5 and max(areas) < 110 * 110  # one small window per output chunk
 
 
+@pytest.mark.cluster
 def test_runs_on_distributed_process_workers(ome_tiff: Path, rgb_slide: np.ndarray) -> None:
     distributed = pytest.importorskip("distributed")
     m = rotation(0.05, 3.0, 2.0)
