@@ -49,12 +49,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import distributed
+import distributed  # noqa: E402 - after the path line: the benchmark runs from a checkout
 
-import drmime_batch.io
-from drmime_batch.engine import _driver
-from drmime_batch.engine._driver import RunEvent, RunOptions, _Driver
-from drmime_batch.queue import ManifestEntry, Queue
+import drmime_batch.io  # noqa: E402
+from drmime_batch.engine import _driver  # noqa: E402
+from drmime_batch.engine._driver import RunEvent, RunOptions, _Driver  # noqa: E402
+from drmime_batch.queue import ManifestEntry, Queue  # noqa: E402
 
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "queue-scaling-cpu.json"
 _RESULT = {"ok": True, "matrix": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], "seconds": 0.0,

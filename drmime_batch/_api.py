@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from drmime_batch.core._config import RegistrationConfig
 from drmime_batch.core._convention import matrix_from_crop, matrix_from_level
+from drmime_batch.core._field import DisplacementField
 from drmime_batch.core._mask import tissue_box
 from drmime_batch.core._optimise import optimise
 from drmime_batch.core._result import RegistrationResult
@@ -270,6 +271,10 @@ def register(
     )
     matrix = matrix_from_level(out.matrix, fixed_downsample=f_ds, moving_downsample=m_ds)
     matrix = matrix_from_crop(matrix, fixed_offset=offsets[0], moving_offset=offsets[1])
+    field = None
+    if out.field is not None:  # in pixels of the shrunk fixed tensor: to those of the array given
+        field = DisplacementField(out.field["forward"], out.field["inverse"], origin=out.field["origin"],
+                                  spacing=out.field["spacing"]).rescaled(f_ds).shifted(offsets[0])
     return RegistrationResult(
         matrix=matrix,
         transform=cfg.transform,
@@ -287,4 +292,6 @@ def register(
         fixed_shape=tuple(np.shape(fixed)),
         moving_shape=tuple(np.shape(moving)),
         masks={"fixed": f_record, "moving": m_record},
+        deformation=out.deformation or {},
+        field=field,
     )

@@ -13,6 +13,7 @@ import dataclasses
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -184,25 +185,24 @@ def register_files(
     mask_files = {"fixed": fixed_mask, "moving": moving_mask}
     images: dict[str, Any] = {}
     for role, path in paths.items():
-        img = _on_file(role, "image", path, lambda p=path: open_image(p))
-        level = _on_file(role, "image", path, lambda i=img: i.level_for(max_size=cfg.max_size))
-        pixels = _on_file(role, "image", path, lambda i=img, lv=level: i.read_level(lv, scheduler=scheduler))
+        img = _on_file(role, "image", path, partial(open_image, os.fspath(path)))
+        level = _on_file(role, "image", path, partial(img.level_for, max_size=cfg.max_size))
+        pixels = _on_file(role, "image", path, partial(img.read_level, level, scheduler=scheduler))
         _check_content(role, path, pixels)
         images[role] = [img, level, pixels, (0, 0), None]
     masks: dict[str, Any] = {}
-    for role, path in mask_files.items():
-        if path is not None:
+    for role, mask_path in mask_files.items():
+        if mask_path is not None:
             shape = np.shape(images[role][2])
-            masks[f"{role}_mask"] = _on_file(role, "mask", path,
-                                             lambda p=path, s=shape: read_mask(p, s, scheduler=scheduler))
+            masks[f"{role}_mask"] = _on_file(role, "mask", mask_path,
+                                             partial(read_mask, os.fspath(mask_path), shape, scheduler=scheduler))
     # Small tissue on a large slide: the tissue's box from a finer level (automatic masks only; a
     # user mask keeps the level it was read for).
     for role in ("fixed", "moving"):
         if cfg.mask != "none" and mask_files[role] is None:
             img, level, pixels, _, _ = images[role]
             pixels, level, offset, crop = _on_file(
-                role, "image", paths[role],
-                lambda i=img, lv=level, px=pixels: read_tissue(i, lv, px, cfg.max_size, scheduler=scheduler))
+                role, "image", paths[role], partial(read_tissue, img, level, pixels, cfg.max_size, scheduler=scheduler))
             images[role] = [img, level, pixels, offset, crop]
     (f_img, f_level, f_px, f_off, _), (m_img, m_level, m_px, m_off, _) = images["fixed"], images["moving"]
 
@@ -212,14 +212,16 @@ def register_files(
         text = " ".join(str(exc).split())
         role = "moving" if text.startswith("moving") else "fixed"
         kind = "mask" if text.startswith(f"{role} mask") and mask_files[role] is not None else "image"
-        path = mask_files[role] if kind == "mask" else paths[role]
-        raise _located(InputImageError(text), _where(role, kind, path)) from exc
+        named = mask_files[role] if kind == "mask" else paths[role]
+        raise _located(InputImageError(text), _where(role, kind, named)) from exc
     f_ds, m_ds = f_img.downsamples[f_level], m_img.downsamples[m_level]
     level_matrix = matrix_from_crop(result.matrix, fixed_offset=f_off, moving_offset=m_off)
     matrix = matrix_from_level(level_matrix, fixed_downsample=f_ds, moving_downsample=m_ds)
     if not np.all(np.isfinite(matrix)):
         raise RegistrationDivergedError(f"registering {moving} onto {fixed}: the transform is not finite")
-    full = dataclasses.replace(result, matrix=matrix, fixed_shape=tuple(f_img.shape), moving_shape=tuple(m_img.shape))
+    field = None if result.field is None else result.field.shifted(f_off).rescaled(f_ds)
+    full = dataclasses.replace(result, matrix=matrix, field=field, fixed_shape=tuple(f_img.shape),
+                               moving_shape=tuple(m_img.shape))
     sides = {
         role: ImageSide(path=str(paths[role]), shape=tuple(img.shape), pixel_size=img.pixel_size, level=level,
                         downsample=img.downsamples[level], crop=crop,

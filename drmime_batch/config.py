@@ -87,6 +87,19 @@ class RegistrationConfig:
         apply).
     threads : int or None
         Torch CPU threads (None leaves torch's default).
+    deformable : bool
+        After the linear stage, optimise a dense deformation on top of it (a stationary velocity
+        field on a coarse grid, integrated by scaling and squaring: invertible, no folds), with the
+        same MINE objective plus a smoothness penalty. Kept only when it raises the similarity
+        score and the Jacobian stays positive (``result.deformation`` says which).
+    deformable_grid : int
+        Velocity-grid cells along the longer side of the fixed image.
+    deformable_smoothness : float
+        Weight of the velocity's mean squared spatial derivative in the loss.
+    deformable_iterations : int
+        Most iterations of the deformable stage (it stops earlier on a plateau).
+    lr_deformable : float
+        Adam learning rate of the velocity (frame units: 1 is half the longer side).
     """
 
     transform: str = "affine"
@@ -115,6 +128,11 @@ class RegistrationConfig:
     symmetric: bool = True
     mask: str = "auto"
     threads: int | None = None
+    deformable: bool = False
+    deformable_grid: int = 16
+    deformable_smoothness: float = 10.0
+    deformable_iterations: int = 600
+    lr_deformable: float = 2e-3
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -129,7 +147,8 @@ class RegistrationConfig:
             raise ConfigError(f"mask must be 'auto' or 'none', got {self.mask!r}")
         if self.sampling not in ("edges", "uniform"):
             raise ConfigError(f"sampling must be 'edges' or 'uniform', got {self.sampling!r}")
-        for name in ("max_size", "levels", "points", "fine_points", "max_iterations", "hidden", "init_angles"):
+        for name in ("max_size", "levels", "points", "fine_points", "max_iterations", "hidden", "init_angles",
+                     "deformable_grid", "deformable_iterations"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.min_iterations > self.max_iterations:
@@ -147,7 +166,7 @@ class RegistrationConfig:
                 object.__setattr__(self, f.name, float(value))
             elif kind in ("int", "int | None"):
                 if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and float(value).is_integer():
-                    value = int(value)
+                    value = int(float(value))
                 if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                     raise ConfigError(f"{f.name} must be an integer, got {value!r}")
                 object.__setattr__(self, f.name, int(value))

@@ -42,6 +42,9 @@ def add_registration_arguments(group: argparse._ActionsContainer, *, device_help
     """
     for flag, dest, typ, text in REG_OPTIONS:
         group.add_argument(flag, dest=dest, type=typ, help=text)
+    group.add_argument("--deformable", dest="deformable", action="store_true", default=None,
+                       help="after the linear stage, a dense deformation trained by the same MINE objective "
+                            "(kept only when it raises the similarity and does not fold)")
     group.add_argument("--device", choices=("auto", "cpu", "cuda"), help=device_help)
     group.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other RegistrationConfig field")
 
@@ -69,6 +72,8 @@ def registration_options(args: argparse.Namespace) -> dict[str, Any]:
             options[dest] = value
     if getattr(args, "device", None) is not None:
         options["device"] = args.device
+    if getattr(args, "deformable", None):
+        options["deformable"] = True
     for item in getattr(args, "option", None) or []:
         key, sep, value = item.partition("=")
         if not sep or not key:

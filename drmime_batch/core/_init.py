@@ -149,14 +149,23 @@ def _scores(
     fixed_to_frame: torch.Tensor,
     moving_to_frame: torch.Tensor,
     bins: int,
+    deform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Joint-histogram MI of the fixed image against each candidate's warped moving image."""
+    """Joint-histogram MI of the fixed image against each candidate's warped moving image.
+
+    ``deform`` (frame points (N, 2) -> displacements (N, 2)) moves the fixed frame's points before
+    the candidates' matrices (the deformable stage's map).
+    """
     dtype = stack.dtype
     _, hf, wf = fixed.shape
     pts = _pixel_points(fixed, dtype)
     to_grid = torch.as_tensor(grid_sample_matrix(moving.shape[1:]), dtype=dtype, device=fixed.device)
     to_grid = to_grid @ torch.linalg.inv(moving_to_frame)  # frame -> moving grid_sample coordinates
-    mapped = to_grid @ stack @ (fixed_to_frame @ pts)
+    frame_pts = fixed_to_frame @ pts
+    if deform is not None:
+        xy = frame_pts[:2].T
+        frame_pts = torch.cat([(xy + deform(xy)).T, frame_pts[2:3]], 0)
+    mapped = to_grid @ stack @ frame_pts
     n = stack.shape[0]
     grid = (mapped[:, :2] / mapped[:, 2:3]).transpose(1, 2).reshape(n, hf, wf, 2)
     grey = _grey(moving)
@@ -264,6 +273,7 @@ def comparable_score(
     fixed_to_frame: Sequence[torch.Tensor],
     moving_to_frame: Sequence[torch.Tensor],
     bins: int = 24,
+    deform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One score for any set of frame matrices: joint-histogram MI, summed over the given scales.
 
@@ -277,13 +287,16 @@ def comparable_score(
     matrices : Tensor, shape (K, 3, 3)
         Fixed frame -> moving frame candidates.
     fixed_to_frame, moving_to_frame : sequence of Tensor, shape (3, 3)
+    deform : callable, optional
+        A displacement of the fixed frame's points applied before the matrices (frame points
+        ``(N, 2)`` to displacements ``(N, 2)``): scores a deformable map.
 
     Returns
     -------
     Tensor, shape (K,)
     """
     return cast(torch.Tensor, sum(  # sum of at least one tensor: a tensor
-        _scores(f, m, matrices, ff, mf, bins)
+        _scores(f, m, matrices, ff, mf, bins, deform)
         for f, m, ff, mf in zip(fixed, moving, fixed_to_frame, moving_to_frame, strict=True)
     ))
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from drmime_batch.core._bases import basis, exp_transform
 from drmime_batch.core._config import RegistrationConfig
 from drmime_batch.core._convention import grid_sample_matrix, level_to_full_matrix, normalised_frame_matrix
+from drmime_batch.core._deformable import DisplacementGrid, VelocityField, jacobian_stats
 from drmime_batch.core._init import Initialisation, centre_of_mass, comparable_score, search_initialisation
 from drmime_batch.core._metrics import METRICS
 from drmime_batch.core._mine import StatisticsNetwork
@@ -157,6 +158,172 @@ def _sample_pairs(
     return _sample_values(source, grid_s.float()), _sample_values(target, grid_t[inside].float())
 
 
+def _sample_mapped(
+    source: torch.Tensor,
+    target: torch.Tensor,
+    pool: torch.Tensor,
+    n: int,
+    to_target: Callable[[torch.Tensor], torch.Tensor],
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """As :func:`_sample_pairs` for any map: ``to_target`` takes source pixels (N, 2) to target grid (N, 2)."""
+    device = source.device
+    h, w = source.shape[1:]
+    pick = pool[torch.randint(pool.shape[0], (n,), generator=gen).to(device)]
+    jitter = torch.rand(n, 2, generator=gen).to(device=device, dtype=torch.float64) - 0.5
+    px = torch.stack([(pick % w).double(), (pick // w).double()], 1) + jitter
+    grid_t = to_target(px)
+    inside = (grid_t.abs() <= 1.0).all(1)
+    grid_s = (px[inside] + 0.5) / torch.tensor([w, h], dtype=torch.float64, device=device) * 2 - 1
+    return _sample_values(source, grid_s.float()), _sample_values(target, grid_t[inside].float())
+
+
+def _affine(m: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+    """``m`` (3, 3) applied to points (N, 2), with the perspective divide."""
+    h = torch.cat([xy, torch.ones_like(xy[:, :1])], 1) @ m.T
+    return h[:, :2] / h[:, 2:3]
+
+
+def _mine_values(
+    net: StatisticsNetwork, xs: list[torch.Tensor], ys: list[torch.Tensor], gen: torch.Generator,
+    ema_lme: list[float | None], rate: float,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-level DV bounds and their bias-corrected surrogates (as in the linear loop)."""
+    sizes = [x.shape[0] for x in xs]
+    x_all, y_all = torch.cat(xs), torch.cat(ys)
+    offsets = np.cumsum([0] + sizes)
+    perm = torch.cat([torch.randperm(n, generator=gen) + int(o)
+                      for n, o in zip(sizes, offsets[:-1], strict=True)]).to(x_all.device)
+    scores = net(torch.cat([x_all, x_all]), torch.cat([y_all, y_all[perm]]))
+    joint, marginal = scores[: len(x_all)], scores[len(x_all):]
+    values, surrogates = [], []
+    for lvl, (a, b) in enumerate(itertools.pairwise(offsets)):
+        log_mean_exp = torch.logsumexp(marginal[a:b], 0) - math.log(b - a)
+        values.append(joint[a:b].mean() - log_mean_exp)
+        if rate > 0:
+            lme = float(log_mean_exp.detach())
+            previous = ema_lme[lvl]
+            smoothed = lme if previous is None else (1 - rate) * previous + rate * lme
+            ema_lme[lvl] = smoothed
+            surrogates.append(joint[a:b].mean() - torch.exp(log_mean_exp - smoothed))
+        else:
+            surrogates.append(values[-1])
+    return values, surrogates
+
+
+def _deformable_stage(
+    config: RegistrationConfig,
+    matrix: torch.Tensor,
+    pyr_f: list[torch.Tensor],
+    pyr_m: list[torch.Tensor],
+    pools_f: list[torch.Tensor],
+    pools_m: list[torch.Tensor],
+    f_to_frame: list[torch.Tensor],
+    m_to_frame: list[torch.Tensor],
+    frame_to_grid_f: list[torch.Tensor],
+    frame_to_grid_m: list[torch.Tensor],
+    n_points: list[int],
+    net: StatisticsNetwork | None,
+    gen: torch.Generator,
+    scorer: Callable[..., torch.Tensor],
+    callback: ProgressCallback | None,
+    start_iteration: int,
+) -> tuple[VelocityField | None, dict[str, object]]:
+    """Optimise a velocity field on top of the frame matrix ``matrix``; the field, or None, and a record.
+
+    The field is kept only when it raises ``scorer``'s value over the linear result and the
+    Jacobian determinant stays positive; the record says which and why.
+    """
+    device = matrix.device
+    h, w = pyr_f[0].shape[1:]
+    corners = _affine(f_to_frame[0], torch.tensor([[-0.5, -0.5], [w - 0.5, h - 0.5]], dtype=torch.float64,
+                                                    device=device))
+    field = VelocityField(tuple(corners[0].tolist()), tuple(corners[1].tolist()), cells=config.deformable_grid,
+                          device=device)
+    if net is None:  # baseline metrics: a fresh network is not needed, their values are direct
+        params = [{"params": field.parameters(), "lr": config.lr_deformable}]
+    else:
+        params = [{"params": field.parameters(), "lr": config.lr_deformable},
+                  {"params": list(net.parameters()), "lr": config.lr_mine}]
+    opt = torch.optim.Adam(params)
+    metric_fn = METRICS.get(config.metric)
+    inverse = torch.linalg.inv(matrix)
+    n_levels = len(pyr_f)
+    ema: float | None = None
+    best, since_best, decays = -math.inf, 0, 0
+    ema_lme: list[float | None] = [None] * n_levels
+    average = torch.zeros_like(field.velocity)
+    iteration = 0
+    t0 = time.perf_counter()
+    for iteration in range(1, config.deformable_iterations + 1):
+        forward = field.displacement(1.0)
+        backward = field.displacement(-1.0) if config.symmetric else None
+        xs, ys = [], []
+        for lvl in range(n_levels):
+            n = n_points[lvl] // 2 if config.symmetric else n_points[lvl]
+
+            def to_moving(px: torch.Tensor, lvl: int = lvl, u: DisplacementGrid = forward) -> torch.Tensor:
+                p = _affine(f_to_frame[lvl], px)
+                return _affine(frame_to_grid_m[lvl] @ matrix, p + u(p))
+
+            src_f, dst_m = _sample_mapped(pyr_f[lvl], pyr_m[lvl], pools_f[lvl], n, to_moving, gen)
+            if backward is not None:
+                def to_fixed(px: torch.Tensor, lvl: int = lvl, u: DisplacementGrid = backward) -> torch.Tensor:
+                    r = _affine(inverse @ m_to_frame[lvl], px)
+                    return _affine(frame_to_grid_f[lvl], r + u(r))
+
+                src_m, dst_f = _sample_mapped(pyr_m[lvl], pyr_f[lvl], pools_m[lvl], n, to_fixed, gen)
+                src_f, dst_m = torch.cat([src_f, dst_f]), torch.cat([dst_m, src_m])
+            if src_f.shape[0] < 16:
+                return None, {"kept": False, "reason": f"the deformation moved the images apart at level {lvl}"}
+            xs.append(src_f)
+            ys.append(dst_m)
+        if net is not None:
+            values, surrogates = _mine_values(net, xs, ys, gen, ema_lme, config.mine_ema)
+        else:
+            assert metric_fn is not None
+            values = surrogates = [metric_fn(x, y) for x, y in zip(xs, ys, strict=True)]
+        similarity = torch.stack(values).mean()
+        if not torch.isfinite(similarity):
+            return None, {"kept": False, "reason": f"the similarity became non-finite at iteration {iteration}"}
+        loss = -torch.stack(surrogates).mean() + config.deformable_smoothness * field.roughness()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            average = field.velocity.detach().clone() if iteration == 1 else 0.95 * average + 0.05 * field.velocity
+        value = float(similarity.detach())
+        ema = value if ema is None else 0.9 * ema + 0.1 * value
+        if iteration % 10 == 0 and callback is not None:
+            callback(start_iteration + iteration, ema)
+        if ema > best + 1e-3 * max(1.0, abs(best) if math.isfinite(best) else 1.0):
+            best, since_best = ema, 0
+        else:
+            since_best += 1
+        if since_best >= config.patience and iteration >= min(config.min_iterations, config.deformable_iterations):
+            if decays >= config.lr_decays:
+                break
+            decays += 1
+            since_best, best = 0, ema
+            for group in opt.param_groups:
+                group["lr"] *= config.lr_factor
+    with torch.no_grad():
+        field.velocity.copy_(average)
+        u = field.displacement(1.0)
+        start_score, final_score = (float(scorer(matrix[None])[0]), float(scorer(matrix[None], deform=u)[0]))
+        jac = jacobian_stats(u, field.lower, field.upper)
+        top = float(u.values.abs().max())
+    record: dict[str, object] = {
+        "iterations": iteration, "seconds": time.perf_counter() - t0, "grid": list(field.velocity.shape[1:]),
+        "linear_score": start_score, "score": final_score, "max_displacement_frame": top, **jac,
+    }
+    if not math.isfinite(final_score) or final_score <= start_score:
+        return None, record | {"kept": False, "reason": "the deformation did not raise the similarity score"}
+    if not jac["jacobian_min"] > 0:
+        return None, record | {"kept": False, "reason": "the deformation folds (Jacobian determinant <= 0)"}
+    return field, record | {"kept": True, "reason": None}
+
+
 def _sample_values(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Bilinear values of ``image`` (C, H, W) at grid coordinates (N, 2) → (N, C)."""
     out = F.grid_sample(image.unsqueeze(0), grid.view(1, 1, -1, 2), mode="bilinear", padding_mode="border", align_corners=False)
@@ -230,9 +397,10 @@ def optimise(
     scored = [(_shrink(fixed, size), _shrink(moving, size)) for size in _SCORE_SIZES]
     score_ff, score_mf = to_frames(scored)
 
-    def scorer(matrices: torch.Tensor) -> torch.Tensor:
+    def scorer(matrices: torch.Tensor, deform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         return comparable_score(
-            [f for f, _ in scored], [m for _, m in scored], matrices, fixed_to_frame=score_ff, moving_to_frame=score_mf
+            [f for f, _ in scored], [m for _, m in scored], matrices, fixed_to_frame=score_ff, moving_to_frame=score_mf,
+            deform=deform,
         )
 
     if config.init == "none":
@@ -393,6 +561,16 @@ def optimise(
         frame_matrix = m0 @ exp_transform(params[:k] + params[k:], bases)
         frame_matrix, verdict = never_worse(m0, frame_matrix, scorer, tolerance=FALLBACK_TOLERANCE)
         matrix = torch.linalg.inv(frame_m) @ frame_matrix @ frame_f
+    deformation: dict[str, object] | None = None
+    field_px: dict[str, np.ndarray] | None = None
+    if config.deformable:
+        field, deformation = _deformable_stage(
+            config, frame_matrix, pyr_f, pyr_m, pools_f, pools_m if config.symmetric else [], f_to_frame, m_to_frame,
+            frame_to_grid_f, frame_to_grid_m, n_points, net if config.metric == "mine" else None, gen, scorer,
+            callback, iteration,
+        )
+        if field is not None:
+            field_px = _field_in_pixels(field, frame_f)
     m = matrix.cpu().numpy()
     if not np.all(np.isfinite(m)):
         raise RegistrationDivergedError("the registration produced a non-finite matrix")
@@ -415,4 +593,25 @@ def optimise(
         timings={"init_s": t_init, "optimise_s": t_total - t_init, "total_s": t_total},
         device=str(device),
         levels=n_levels,
+        deformation=deformation,
+        field=field_px,
     )
+
+
+def _field_in_pixels(field: VelocityField, frame_f: torch.Tensor) -> dict[str, np.ndarray]:
+    """The kept field as displacements in pixels of the fixed tensor (forward and inverse).
+
+    The frame is an isotropic scaling ``s`` and a shift of the fixed pixels, so a frame
+    displacement ``u`` at frame point ``frame_f p`` is the pixel displacement ``u / s`` at ``p``.
+    """
+    with torch.no_grad():
+        scale = float(frame_f[0, 0])  # frame units per pixel
+        to_pixels = torch.linalg.inv(frame_f)
+        forward, backward = field.displacement(1.0), field.displacement(-1.0)
+        origin = _affine(to_pixels, field.lower[None])[0]
+        return {
+            "forward": (forward.values / scale).cpu().numpy(),
+            "inverse": (backward.values / scale).cpu().numpy(),
+            "origin": origin.cpu().numpy(),
+            "spacing": np.array([field.spacing / scale, field.spacing / scale]),
+        }

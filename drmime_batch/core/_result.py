@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from drmime_batch.core._field import DisplacementField, map_points
 from drmime_batch.errors import ConfigError
 
 __all__ = ["RegistrationResult"]
@@ -43,6 +44,13 @@ class RegistrationResult:
         Package versions (drmime_batch, torch, numpy).
     fixed_shape, moving_shape : tuple of int
         Shapes of the inputs.
+    field : DisplacementField or None
+        The deformable stage's displacement (``registered(p) = moving(M (p + d(p)))``), in the same
+        pixels as ``matrix``; None for a linear result.
+    deformation : dict
+        The deformable stage's record when it ran: ``kept`` (and why not), iterations, the
+        similarity scores of the linear and deformable maps, the Jacobian determinant's minimum and
+        percentiles (no fold: minimum > 0).
     masks : dict
         Per image (``"fixed"``, ``"moving"``): where its tissue mask came from (``source``:
         ``"auto"``, ``"user"`` or ``"none"``), the tissue ``fraction``, the ``crop`` box
@@ -66,6 +74,8 @@ class RegistrationResult:
     fixed_shape: tuple[int, ...] = ()
     moving_shape: tuple[int, ...] = ()
     masks: Mapping[str, Any] = field(default_factory=dict)
+    deformation: Mapping[str, Any] = field(default_factory=dict)
+    field: DisplacementField | None = None  # last: the name hides dataclasses.field below it
 
     def __post_init__(self) -> None:
         m = np.array(self.matrix, dtype=np.float64)
@@ -73,6 +83,10 @@ class RegistrationResult:
             raise ConfigError(f"matrix must be 3x3, got shape {m.shape}")
         m.setflags(write=False)
         object.__setattr__(self, "matrix", m)
+
+    def map_points(self, xy: Any, *, inverse: bool = False) -> np.ndarray:
+        """Fixed pixels ``xy`` (N, 2) to moving pixels (``inverse``: moving to fixed), field included."""
+        return map_points(self.matrix, self.field, xy, inverse=inverse)
 
     @property
     def final_mi(self) -> float:
@@ -98,6 +112,8 @@ class RegistrationResult:
             "fixed_shape": list(self.fixed_shape),
             "moving_shape": list(self.moving_shape),
             "masks": {k: dict(v) for k, v in self.masks.items()},
+            "field": None if self.field is None else self.field.to_dict(),
+            "deformation": dict(self.deformation),
             "convention": "fixed->moving, full-resolution pixels (x=column, y=row, origin at the "
             "centre of the top-left pixel); registered(p) = moving(M @ p)",
         }
@@ -122,6 +138,8 @@ class RegistrationResult:
             fixed_shape=tuple(data.get("fixed_shape", ())),
             moving_shape=tuple(data.get("moving_shape", ())),
             masks={k: dict(v) for k, v in data.get("masks", {}).items()},
+            field=None if not data.get("field") else DisplacementField.from_dict(data["field"]),
+            deformation=dict(data.get("deformation") or {}),
         )
 
     def to_json(self, path: Any = None) -> str:

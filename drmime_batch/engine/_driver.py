@@ -143,13 +143,14 @@ def _warp_pair(row: PairRow, matrix: Any) -> None:
     import dask
     import numpy as np
 
-    from drmime_batch.io import open_image, warp, write_registered
+    from drmime_batch.io import open_image, read_field, warp, write_registered
 
     fixed_img = open_image(row.fixed)
     moving_img = open_image(row.moving)
+    field = read_field(row.out, row.pair_id)  # a deformable result's displacement, else None
     # chunk tasks of a warp go before registrations still queued, so finished pairs complete first
     with dask.annotate(priority=_WARP_PRIORITY):
-        arr = warp(moving_img, np.asarray(matrix, dtype=np.float64), like=fixed_img)
+        arr = warp(moving_img, np.asarray(matrix, dtype=np.float64), like=fixed_img, field=field)
         write_registered(row.out, row.pair_id, arr, pixel_size=fixed_img.pixel_size)
 
 

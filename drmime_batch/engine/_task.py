@@ -233,14 +233,15 @@ def _register(task: PairTask, worker: Any, base: dict[str, Any]) -> PairOutcome:
            if side.crop is not None},
     }
     _writing(f"writing the transform of {task.pair_id} to {task.out}", lambda: write_transform(
-        task.out, task.pair_id, matrix, attrs=attrs,
+        task.out, task.pair_id, matrix, attrs=attrs, field=result.field,
         fixed_pixel_size=reg.fixed.pixel_size, moving_pixel_size=reg.moving.pixel_size))
     # the QC picture reads thumbnails: the files are opened again (metadata only, cached handles)
     qc = _writing(f"writing the QC picture of {task.pair_id} to {task.out}", lambda: write_qc(
-        task.out, task.pair_id, open_image(task.fixed), open_image(task.moving), matrix, scheduler=_SCHEDULER))
+        task.out, task.pair_id, open_image(task.fixed), open_image(task.moving), matrix, scheduler=_SCHEDULER,
+        field=result.field))
     landmarks = None
     if task.fixed_landmarks and task.moving_landmarks:
-        landmarks = _score_landmarks(task, matrix, reg.fixed.shape, reg.moving.pixel_size)
+        landmarks = _score_landmarks(task, matrix, reg.fixed.shape, reg.moving.pixel_size, result.field)
     return PairOutcome(
         pair_id=task.pair_id,
         ok=True,
@@ -286,7 +287,7 @@ def _masks_record(masks: Mapping[str, Any], task: PairTask) -> dict[str, Any]:
 
 
 def _score_landmarks(task: PairTask, matrix: np.ndarray, fixed_shape: tuple[int, ...],
-                     pixel_size: tuple[float, float] | None) -> dict[str, Any]:
+                     pixel_size: tuple[float, float] | None, field: Any = None) -> dict[str, Any]:
     """Landmark scores as a dict (µm figures too when the moving image's pixel size is known).
 
     A landmark problem is reported in the dict, not fatal to the pair.
@@ -296,6 +297,7 @@ def _score_landmarks(task: PairTask, matrix: np.ndarray, fixed_shape: tuple[int,
     try:
         fixed_lm = read_landmarks(task.fixed_landmarks)
         moving_lm = read_landmarks(task.moving_landmarks)
-        return evaluate_matrix(matrix, fixed_lm, moving_lm, fixed_shape=fixed_shape, pixel_size=pixel_size).to_dict()
+        return evaluate_matrix(matrix, fixed_lm, moving_lm, fixed_shape=fixed_shape, pixel_size=pixel_size,
+                               field=field).to_dict()
     except Exception as exc:  # noqa: BLE001 - the registration itself succeeded
         return {"error": _one_line(exc)}

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from drmime_batch.core._convention import apply_matrix
+from drmime_batch.core._field import DisplacementField, map_points
 from drmime_batch.errors import ConfigError
 from drmime_batch.evaluation._landmarks import pair_landmarks
 
@@ -121,6 +122,7 @@ def landmark_errors(
     moving_landmarks: np.ndarray,
     *,
     pixel_size: float | Sequence[float] | None = None,
+    field: DisplacementField | None = None,
 ) -> np.ndarray:
     """Per-landmark error ``|M·f_i - m_i|`` for the first ``min(n_fixed, n_moving)`` points.
 
@@ -132,6 +134,8 @@ def landmark_errors(
         ``(x, y)`` points.
     pixel_size : float or (px, py), optional
         Micrometres per pixel; when given the errors are in µm, else in pixels.
+    field : DisplacementField, optional
+        A deformable result's displacement: points map through ``M (p + d(p))``.
 
     Returns
     -------
@@ -146,7 +150,7 @@ def landmark_errors(
     if m.shape != (3, 3) or not np.all(np.isfinite(m)):
         raise ConfigError(f"matrix must be a finite 3x3 array, got shape {m.shape}")
     f, mv = pair_landmarks(np.asarray(fixed_landmarks), np.asarray(moving_landmarks))
-    diff = apply_matrix(m, f) - mv
+    diff = (apply_matrix(m, f) if field is None else map_points(m, field, f)) - mv
     if pixel_size is not None:
         px, py = _pixel_size_pair(pixel_size)
         diff = diff * np.array([px, py])
@@ -160,8 +164,9 @@ def evaluate_matrix(
     *,
     fixed_shape: Sequence[int],
     pixel_size: float | Sequence[float] | None = None,
+    field: DisplacementField | None = None,
 ) -> LandmarkScores:
-    """Score a fixed → moving matrix against paired landmarks.
+    """Score a fixed → moving matrix (and a deformable result's ``field``) against paired landmarks.
 
     Parameters
     ----------
@@ -207,11 +212,11 @@ def evaluate_matrix(
     (0.0, 1.0, 0.05, 0.0)
     """
     diag = image_diagonal(fixed_shape)
-    tre = landmark_errors(matrix, fixed_landmarks, moving_landmarks)
+    tre = landmark_errors(matrix, fixed_landmarks, moving_landmarks, field=field)
     identity = landmark_errors(np.eye(3), fixed_landmarks, moving_landmarks)
     um_median = um_mean = None
     if pixel_size is not None:
-        tre_um = landmark_errors(matrix, fixed_landmarks, moving_landmarks, pixel_size=pixel_size)
+        tre_um = landmark_errors(matrix, fixed_landmarks, moving_landmarks, pixel_size=pixel_size, field=field)
         um_median, um_mean = float(np.median(tre_um)), float(np.mean(tre_um))
     rtre = tre / diag
     return LandmarkScores(

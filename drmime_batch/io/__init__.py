@@ -17,6 +17,7 @@ from drmime_batch.io._qc import write_qc
 from drmime_batch.io._warp import warp, warp_array
 from drmime_batch.io._writers import (
     pair_is_complete,
+    read_field,
     read_transform,
     write_registered,
     write_transform,
@@ -27,6 +28,7 @@ __all__ = [
     "downsample2",
     "open_image",
     "pair_is_complete",
+    "read_field",
     "read_mask",
     "read_tissue",
     "read_transform",

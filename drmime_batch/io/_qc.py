@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from drmime_batch.core._convention import matrix_to_level
+from drmime_batch.core._convention import level_to_full_matrix, matrix_to_level
+from drmime_batch.core._field import DisplacementField, map_points
 from drmime_batch.io._atomic import staging
 from drmime_batch.io._fs import is_url, join, write_bytes
 from drmime_batch.io._multiscale import MultiscaleImage
@@ -42,7 +43,8 @@ def _gray(rgb: np.ndarray) -> np.ndarray:
 
 
 def qc_panels(
-    fixed: MultiscaleImage, moving: MultiscaleImage, matrix: Any, *, scheduler: str | None = None
+    fixed: MultiscaleImage, moving: MultiscaleImage, matrix: Any, *, scheduler: str | None = None,
+    field: DisplacementField | None = None,
 ) -> dict[str, np.ndarray]:
     """The four uint8 RGB thumbnails of a pair, on the fixed thumbnail's grid for the last two.
 
@@ -59,7 +61,20 @@ def qc_panels(
         fixed_downsample=fixed.downsamples[fl],
         moving_downsample=moving.downsamples[ml],
     )
-    reg = _display(resample_window(mv, m_level, f.shape[:2], order=1))
+    if field is None:
+        reg = _display(resample_window(mv, m_level, f.shape[:2], order=1))
+    else:  # through the full-resolution map: thumbnail pixel -> full fixed -> full moving -> thumbnail
+        f_to_full = level_to_full_matrix(fixed.downsamples[fl])
+        full_to_m = np.linalg.inv(level_to_full_matrix(moving.downsamples[ml]))
+        yy, xx = np.mgrid[: f.shape[0], : f.shape[1]]
+        p_full = map_points(f_to_full, None, np.c_[xx.ravel(), yy.ravel()].astype(np.float64))
+        q = map_points(full_to_m @ np.asarray(matrix, dtype=np.float64), field, p_full)
+        from scipy import ndimage
+
+        mv3 = mv.reshape(*mv.shape[:2], -1).astype(np.float64)
+        warped = np.stack([ndimage.map_coordinates(mv3[..., c], [q[:, 1], q[:, 0]], order=1, mode="grid-constant")
+                           for c in range(mv3.shape[2])], -1).reshape(*f.shape[:2], -1)
+        reg = _display(warped.reshape(*f.shape[:2], *mv.shape[2:]).astype(mv.dtype))
     mv = _display(mv)
     # inverted luminance: tissue bright, background dark; fixed in magenta, registered in green
     fg, rg = 255 - _gray(f), 255 - _gray(reg)
@@ -69,7 +84,7 @@ def qc_panels(
 
 def write_qc(
     out: str | Path, pair_id: str, fixed: MultiscaleImage, moving: MultiscaleImage, matrix: Any,
-    *, scheduler: str | None = None,
+    *, scheduler: str | None = None, field: DisplacementField | None = None,
 ) -> Path | str:
     """Write ``OUT/<pair_id>/qc.png``, a 2x2 grid of labelled thumbnails, atomically.
 
@@ -79,7 +94,7 @@ def write_qc(
     """
     from PIL import Image, ImageDraw
 
-    panels = qc_panels(fixed, moving, matrix, scheduler=scheduler)
+    panels = qc_panels(fixed, moving, matrix, scheduler=scheduler, field=field)
     pad, label_h = 6, 16
     cell_h = max(p.shape[0] for p in panels.values())
     cell_w = max(p.shape[1] for p in panels.values())

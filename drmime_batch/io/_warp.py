@@ -24,6 +24,7 @@ import dask.array as da
 import numpy as np
 from dask.highlevelgraph import HighLevelGraph
 
+from drmime_batch.core._field import DisplacementField, map_points
 from drmime_batch.io._sources import LevelSource
 
 if TYPE_CHECKING:
@@ -229,6 +230,46 @@ def _source_window(
     return wy0, wy1, wx0, wx1
 
 
+def _warp_block_field(
+    source: LevelSource | np.ndarray,
+    matrix: np.ndarray,
+    field: DisplacementField,
+    y0: int,
+    y1: int,
+    x0: int,
+    x1: int,
+    order: int,
+    cval: float,
+) -> np.ndarray:
+    """One output block through ``M (p + d(p))``: the block's own coordinates, its own window."""
+    from scipy import ndimage
+
+    shape = source.shape
+    out_shape = (y1 - y0, x1 - x0, *shape[2:])
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    q = map_points(matrix, field, np.c_[xx.ravel(), yy.ravel()].astype(np.float64))
+    ok = np.isfinite(q).all(axis=1)
+    if not ok.any():
+        return np.full(out_shape, cval, dtype=source.dtype)
+    lo, hi = q[ok].min(axis=0), q[ok].max(axis=0)
+    wx0, wy0 = max(int(np.floor(lo[0])) - _MARGIN, 0), max(int(np.floor(lo[1])) - _MARGIN, 0)
+    wx1, wy1 = min(int(np.ceil(hi[0])) + _MARGIN + 1, shape[1]), min(int(np.ceil(hi[1])) + _MARGIN + 1, shape[0])
+    if wx1 <= wx0 or wy1 <= wy0:
+        return np.full(out_shape, cval, dtype=source.dtype)
+    src = np.asarray(source[wy0:wy1, wx0:wx1])
+    src3 = src.reshape(*src.shape[:2], -1)
+    coords = [q[:, 1] - wy0, q[:, 0] - wx0]
+    out = np.empty((q.shape[0], src3.shape[2]), dtype=src.dtype)
+    for c in range(src3.shape[2]):
+        values = ndimage.map_coordinates(src3[..., c].astype(np.float64), coords, order=order, mode="grid-constant",
+                                         cval=cval)
+        if np.issubdtype(src.dtype, np.integer):
+            info = np.iinfo(src.dtype)
+            values = np.clip(np.rint(values), info.min, info.max)
+        out[:, c] = values
+    return out.reshape(out_shape)
+
+
 def _warp_block(
     source: LevelSource | np.ndarray,
     matrix: np.ndarray,
@@ -238,7 +279,10 @@ def _warp_block(
     x1: int,
     order: int,
     cval: float,
+    field: DisplacementField | None = None,
 ) -> np.ndarray:
+    if field is not None:
+        return _warp_block_field(source, matrix, field, y0, y1, x0, x1, order, cval)
     shape = source.shape
     out_shape = (y1 - y0, x1 - x0, *shape[2:])
     window = _source_window(matrix, y0, y1, x0, x1, shape)
@@ -282,18 +326,21 @@ def warp_array(
     order: int = 1,
     cval: float = 0.0,
     chunks: int | Sequence[int] | None = None,
+    field: DisplacementField | None = None,
 ) -> da.Array:
     """Lazy warp of any sliceable ``(h, w[, c])`` source onto an ``out_shape`` grid.
 
     The low-level form of :func:`warp`: ``source`` is a path-based level reader (or a numpy array
-    for small data) and ``matrix`` maps output pixels to source pixels.
+    for small data) and ``matrix`` maps output pixels to source pixels (after ``field``'s
+    displacement, when given: ``M (p + d(p))``).
     """
     if order not in (0, 1):
         raise ValueError(f"order must be 0 (nearest) or 1 (linear), got {order!r}")
     m = _coerce_matrix(matrix)
     chunk_y, chunk_x = _normalise_chunks(chunks, (int(out_shape[0]), int(out_shape[1])))
     extra = tuple(source.shape[2:])
-    token = da.core.tokenize(source, m, tuple(out_shape), order, cval, chunk_y, chunk_x)
+    token = da.core.tokenize(source, m, tuple(out_shape), order, cval, chunk_y, chunk_x,
+                             None if field is None else (field.forward, field.origin, field.spacing))
     name = f"warp-{token}"
     dsk: dict[Any, Any] = {}
     ys = np.r_[0, np.cumsum(chunk_y)]
@@ -302,7 +349,8 @@ def warp_array(
     for i in range(len(chunk_y)):
         for j in range(len(chunk_x)):
             dsk[(name, i, j, *tail)] = (
-                _warp_block, source, m, int(ys[i]), int(ys[i + 1]), int(xs[j]), int(xs[j + 1]), order, float(cval)
+                _warp_block, source, m, int(ys[i]), int(ys[i + 1]), int(xs[j]), int(xs[j + 1]), order, float(cval),
+                field,
             )  # fmt: skip
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[])
     out_chunks = (chunk_y, chunk_x, *((e,) for e in extra))
@@ -317,6 +365,7 @@ def warp(
     order: int = 1,
     chunks: int | Sequence[int] | None = None,
     cval: float = 0.0,
+    field: DisplacementField | None = None,
 ) -> da.Array:
     """The registered moving image on the fixed image's full-resolution grid, lazily.
 
@@ -335,6 +384,9 @@ def warp(
         Output chunk shape, default 1024 x 1024 (channels are never split).
     cval : float
         Value outside the moving image.
+    field : DisplacementField, optional
+        A deformable result's displacement (``registered(p) = moving(M (p + d(p)))``); each
+        block computes its own coordinates, so memory stays bounded by the chunk.
 
     Returns
     -------
@@ -354,4 +406,5 @@ def warp(
     ((661, 892, 3), dtype('uint8'), (3, 4, 1))
     """
     source = moving.source(0)
-    return warp_array(source, matrix, (like.shape[0], like.shape[1]), order=order, cval=cval, chunks=chunks)
+    return warp_array(source, matrix, (like.shape[0], like.shape[1]), order=order, cval=cval, chunks=chunks,
+                      field=field)

@@ -5,6 +5,9 @@ Layout (a contract with the engine and the report)::
     OUT.zarr/                       zarr v3 group
       <pair_id>/                    zarr v3 group; attribute "drmime_batch" = the completion marker
         transform                   zarr array, 3x3 float64 fixed -> moving matrix (full-res pixels)
+        field                       zarr array (2, 2, gh, gw) float64, deformable results only:
+                                    [forward | inverse, dx | dy] displacements in full-res pixels
+                                    on a grid (attributes origin, spacing), written before transform
         registered/                 OME-Zarr 0.5 multiscale group   (format="ome-zarr")
         registered.ome.tif          pyramidal OME-TIFF               (format="ome-tiff")
         qc.png                      QC picture
@@ -49,13 +52,14 @@ import math
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import dask.array as da
 import numpy as np
 
 from drmime_batch._pair_id import check_pair_id
 from drmime_batch.core._convention import matrix_to_physical
+from drmime_batch.core._field import DisplacementField
 from drmime_batch.errors import IncompleteOutputError, OutputStoreError
 from drmime_batch.io._atomic import new_write_id, remove_path, replace_path, staging, sweep_staging
 from drmime_batch.io._fs import Location, basename, exists, is_url, join, location, read_bytes, stamp
@@ -191,6 +195,7 @@ def write_transform(
     attrs: dict[str, Any],
     fixed_pixel_size: tuple[float, float] | None = None,
     moving_pixel_size: tuple[float, float] | None = None,
+    field: DisplacementField | None = None,
 ) -> None:
     """Write a pair's matrix and its record to ``OUT/<pair_id>/transform``, atomically.
 
@@ -210,6 +215,9 @@ def write_transform(
         (e.g. ``RegistrationResult.to_dict()``); numpy values are converted to JSON.
     fixed_pixel_size, moving_pixel_size : (px, py) in µm, optional
         When both are given the matrix is also stored in micrometres.
+    field : DisplacementField, optional
+        A deformable result's displacement (fixed → moving ``M (p + d(p))``, and its inverse),
+        written first as ``OUT/<pair_id>/field``; the transform's record points at it.
 
     Examples
     --------
@@ -229,10 +237,11 @@ def write_transform(
     marker = {"layout": LAYOUT_VERSION, "pair_id": pair_id}
     _write_marker(pair_dir, marker)  # nothing of this pair is complete from here on
     sweep_staging(pair_dir, "transform")
-    for stale in ("registered", "registered.ome.tif", "qc.png"):
+    for stale in ("registered", "registered.ome.tif", "qc.png", "field"):
         remove_path(join(pair_dir, stale))
 
     write_id = new_write_id()
+    field_record = None if field is None else _write_field(pair_dir, field, write_id)
     record: dict[str, Any] = {
         "convention": CONVENTION,
         "transform": "affine" if _is_affine(m) else "homography",
@@ -250,6 +259,14 @@ def write_transform(
         record["moving_pixel_size_um"] = list(moving_pixel_size)
         record["matrix_um"] = m_um
         cts.append(ngff_affine(m_um, input="fixed_um", output="moving_um"))
+    if field_record is not None:
+        record["field"] = field_record
+        if isinstance(record.get("result"), dict):  # the values live in the field array, not twice
+            record["result"] = {**record["result"], "field": field_record}
+        # NGFF 0.6 (RFC 5): the map is a sequence, displacements first, then the matrix
+        cts = [{"type": "sequence", "input": "fixed", "output": "moving",
+                "transformations": [{"type": "displacements", "path": "field", "interpolation": "linear"},
+                                    *[c for c in cts[:1] if c is not None]]}]
     record["coordinateTransformations"] = [c for c in cts if c is not None] or None
     if record["coordinateTransformations"] is None:
         record["coordinateTransformations_note"] = "a homography has no NGFF affine form"
@@ -266,6 +283,54 @@ def write_transform(
         replace_path(tmp, final)
     marker["transform"] = {"write_id": write_id}
     _write_marker(pair_dir, marker)
+
+
+def _write_field(pair_dir: Location, field: DisplacementField, write_id: str) -> dict[str, Any]:
+    """``OUT/<pair_id>/field`` (atomically); returns the reference the transform's record keeps."""
+    import zarr
+
+    data = np.stack([field.forward, field.inverse])
+    attrs: dict[str, Any] = {"origin": list(field.origin), "spacing": list(field.spacing), "write_id": write_id,
+             "axes": ["direction (forward, inverse)", "component (dx, dy)", "y node", "x node"],
+             "units": "full-resolution pixels",
+             "convention": "moving = M @ (p + forward(p)); fixed = r + inverse(r) with r = M^-1 @ moving; "
+                           "bilinear between nodes, constant beyond the border nodes"}
+    final = join(pair_dir, "field")
+    gh, gw = field.grid_shape
+    with staging(final) as tmp:
+        arr = zarr.create_array(store=str(tmp), shape=data.shape, dtype="float64",
+                                chunks=(1, 2, min(gh, 256), min(gw, 256)), attributes=attrs, zarr_format=3,
+                                dimension_names=["direction", "component", "y", "x"])
+        arr[...] = data
+        replace_path(tmp, final)
+    return {"path": "field", "origin": list(field.origin), "spacing": list(field.spacing),
+            "grid_shape": [gh, gw], "write_id": write_id}
+
+
+def read_field(out: str | Path, pair_id: str) -> DisplacementField | None:
+    """The pair's displacement field (None for a linear transform).
+
+    Raises
+    ------
+    IncompleteOutputError
+        No complete transform for this pair, or its field is missing or from another write.
+    """
+    import zarr
+
+    _, attrs = read_transform(out, pair_id)
+    ref = attrs.get("field")
+    if not ref:
+        return None
+    pair_dir = _pair_dir(out, pair_id)
+    try:
+        arr = zarr.open_array(store=str(join(pair_dir, str(ref.get("path", "field")))), mode="r")
+    except Exception as exc:  # noqa: BLE001 - any reader failure: the field is not there as written
+        raise IncompleteOutputError(f"the field of pair {pair_id!r} in {out} cannot be read: {exc}") from exc
+    if arr.attrs.get("write_id") != ref.get("write_id"):
+        raise IncompleteOutputError(f"the field of pair {pair_id!r} in {out} is not the one its transform names")
+    data = np.asarray(arr[...], dtype=np.float64)
+    origin, spacing = (tuple(float(v) for v in cast(list[float], arr.attrs[k])) for k in ("origin", "spacing"))
+    return DisplacementField(data[0], data[1], origin=(origin[0], origin[1]), spacing=(spacing[0], spacing[1]))
 
 
 def _transform_ok(pair_dir: Location, marker: dict[str, Any]) -> str | None:
