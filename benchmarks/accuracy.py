@@ -22,6 +22,8 @@ mse, ncc, mi   ``register(metric=...)``: the in-engine baselines in the same opt
 sitk           SimpleITK: Mattes MI (50 bins), 3-level multi-resolution affine, moments
                (centre-of-mass) initialisation, regular-step gradient descent, physical-shift scales
 elastix        itk-elastix with its default affine parameter map
+drmime-d       DRMIME with its deformable stage (``--deformable``)
+elastix-b      itk-elastix's default affine then default B-spline map (``--deformable``)
 ============== ==================================================================================
 
 The peers (``pip install drmime-batch[peers]``) are skipped with a message when not importable.
@@ -53,9 +55,12 @@ from drmime_batch.evaluation import best_fit_matrix, evaluate_matrix, read_landm
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATASET = REPO / "drmime_batch" / "examples" / "cima-lung-lesion3"
-ALL_METHODS = ("identity", "floor", "floor-h", "drmime", "drmime-h", "mse", "ncc", "mi", "sitk", "elastix")
-DEFAULT_METHODS = ALL_METHODS
-PEERS = ("sitk", "elastix")
+ALL_METHODS = ("identity", "floor", "floor-h", "drmime", "drmime-h", "drmime-d", "mse", "ncc", "mi", "sitk", "elastix",
+               "elastix-b")
+#: what ``--deformable`` adds: DRMIME's deformable stage and elastix's default B-spline map after its affine
+DEFORMABLE_METHODS = ("drmime-d", "elastix-b")
+DEFAULT_METHODS = tuple(m for m in ALL_METHODS if m not in DEFORMABLE_METHODS)
+PEERS = ("sitk", "elastix", "elastix-b")
 FLOOR_FACTOR = 1.3
 
 logger = logging.getLogger("benchmarks.accuracy")
@@ -158,7 +163,7 @@ class Methods:
                 return "SimpleITK is not installed (pip install 'drmime-batch[peers]')"
             sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(self.threads)
             self._sitk = sitk
-        if method == "elastix":
+        if method in ("elastix", "elastix-b"):
             try:
                 import itk
 
@@ -199,6 +204,10 @@ class Methods:
 
     def run_drmime(self, f: np.ndarray, m: np.ndarray, _: Pair | None) -> np.ndarray:
         return self._register(f, m, transform="affine", metric="mine")
+
+    def run_drmime_d(self, f: np.ndarray, m: np.ndarray, _: Pair | None) -> tuple[np.ndarray, Any]:
+        matrix = self._register(f, m, transform="affine", metric="mine", deformable=True)
+        return matrix, self.last_result.field
 
     def run_drmime_h(self, f: np.ndarray, m: np.ndarray, _: Pair | None) -> np.ndarray:
         return self._register(f, m, transform="homography", metric="mine")
@@ -251,6 +260,25 @@ class Methods:
         # ITK transforms map fixed physical points to moving ones: our convention exactly.
         return _affine_from_points(final.TransformPoint)
 
+    def run_elastix_b(self, f: np.ndarray, m: np.ndarray, _: Pair | None) -> tuple[np.ndarray, Any]:
+        """elastix's default affine map, then its default B-spline map; the dense fixed -> moving field."""
+        from drmime_batch.core._field import DisplacementField
+
+        itk = self._itk
+        fixed = itk.GetImageFromArray(np.ascontiguousarray(self.gray(f)))
+        moving = itk.GetImageFromArray(np.ascontiguousarray(self.gray(m)))
+        params = itk.ParameterObject.New()
+        for kind in ("affine", "bspline"):
+            pmap = params.GetDefaultParameterMap(kind)
+            pmap["WriteResultImage"] = ["false"]
+            pmap["MaximumNumberOfThreads"] = [str(self.threads)]
+            params.AddParameterMap(pmap)
+        _, result = itk.elastix_registration_method(fixed, moving, parameter_object=params, log_to_console=False)
+        field = itk.transformix_deformation_field(moving, result)  # on the fixed grid: T(p) - p, physical = px
+        d = np.moveaxis(np.asarray(field, dtype=np.float64), -1, 0)  # (2, H, W): dx, dy
+        # the identity matrix after a dense displacement (only the forward map is scored here)
+        return np.eye(3), DisplacementField(d, np.zeros_like(d), origin=(0, 0), spacing=(1, 1))
+
     def run_elastix(self, f: np.ndarray, m: np.ndarray, _: Pair | None) -> np.ndarray:
         itk = self._itk
         fixed = itk.GetImageFromArray(np.ascontiguousarray(self.gray(f)))
@@ -290,8 +318,11 @@ def run(pairs: list[Pair], methods: list[str], runner: Methods, console: Any) ->
             out = Outcome(pair.pair_id, method)
             fn = getattr(runner, "run_" + method.replace("-", "_"))
             t0 = time.perf_counter()
+            field = None
             try:
                 matrix = fn(f_rgb, m_rgb, pair)
+                if isinstance(matrix, tuple):  # a deformable method: (matrix, displacement field or None)
+                    matrix, field = matrix
             except Exception as exc:  # noqa: BLE001 - a failed method is a result, not a crash of the benchmark
                 out.seconds = time.perf_counter() - t0
                 out.error = f"{type(exc).__name__}: {exc}"
@@ -299,7 +330,10 @@ def run(pairs: list[Pair], methods: list[str], runner: Methods, console: Any) ->
             else:
                 out.seconds = time.perf_counter() - t0
                 out.matrix = np.asarray(matrix, dtype=np.float64).tolist()
-                out.scores = evaluate_matrix(matrix, fixed_lm, moving_lm, fixed_shape=f_rgb.shape).to_dict()
+                out.scores = evaluate_matrix(matrix, fixed_lm, moving_lm, fixed_shape=f_rgb.shape,
+                                             field=field).to_dict()
+                if method == "drmime-d":
+                    out.scores["deformation"] = dict(runner.last_result.deformation)
             outcomes.append(out)
             rtre = out.scores.get("rtre_median")
             console.log(f"{pair.pair_id:>18} {method:>9}: "
@@ -435,11 +469,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-iterations", type=int, default=None,
                    help="override DRMIME/baseline iterations (quick runs; default: the library's defaults)")
     p.add_argument("--device", default="auto", help="torch device for drmime and baselines (default auto)")
+    p.add_argument("--deformable", action="store_true",
+                   help="also run DRMIME's deformable stage (drmime-d) and elastix's default B-spline map after its "
+                        "affine (elastix-b); add --methods to run only those")
     args = p.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
         p.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}")
+    if args.deformable:
+        methods += [m for m in DEFORMABLE_METHODS if m not in methods]
     if "floor" not in methods:
         methods.insert(0, "floor")  # the 1.3x-floor check needs it, and it costs nothing
     args.methods = methods

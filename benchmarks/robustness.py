@@ -80,6 +80,8 @@ LOBES1_NAME = "cima-lung-lobes1"
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "robustness-cpu.json"
 ALL_METHODS = ("drmime", "identity", "sitk", "elastix")
+#: methods run only when named (``--methods drmime-d,elastix-b``): the deformable stages
+EXTRA_METHODS = ("drmime-d", "elastix-b")
 GENERATED = ("rot90", "rot180", "rot-arbitrary", "mirror", "pad-black", "pad-white", "tile-seams",
              "core", "modality", "pen", "small-tissue")
 #: lung-lesion-3 cover-table rows the generated cases are built from (round robin over GENERATED)
@@ -470,15 +472,17 @@ def select_cases(specs: list[CaseSpec], selector: str) -> list[CaseSpec]:
 
 
 # --------------------------------------------------------------------------- scoring
-def truth_errors(matrix: np.ndarray, case: Case) -> dict[str, float]:
+def truth_errors(matrix: np.ndarray, case: Case, field: Any = None) -> dict[str, float]:
     """Mean ``|M p - T p|`` / fixed diagonal over the fixed landmarks and over the fixed corners."""
+    from drmime_batch.core._field import map_points
+
     assert case.truth is not None
     diag = image_diagonal(case.fixed.shape)
     h, w = case.fixed.shape[:2]
     corners = np.array([[0.0, 0.0], [w - 1.0, 0.0], [0.0, h - 1.0], [w - 1.0, h - 1.0]])
     err = {}
     for key, pts in (("landmarks", case.fixed_lm), ("corners", corners)):
-        d = apply(matrix, pts) - apply(case.truth, pts)
+        d = map_points(matrix, field, pts) - apply(case.truth, pts)
         err[key] = float(np.mean(np.hypot(d[:, 0], d[:, 1])) / diag)
     return err
 
@@ -510,14 +514,14 @@ def _worse(value: float, start: float) -> bool:
     return value > start * (1.0 + 1e-9) + 1e-12
 
 
-def score(matrix: np.ndarray, case: Case, ctx: dict[str, Any]) -> dict[str, Any]:
-    """Every figure of one method on one case."""
-    s = evaluate_matrix(matrix, case.fixed_lm, case.moving_lm, fixed_shape=case.fixed.shape).to_dict()
+def score(matrix: np.ndarray, case: Case, ctx: dict[str, Any], field: Any = None) -> dict[str, Any]:
+    """Every figure of one method on one case (``field``: a deformable method's displacement)."""
+    s = evaluate_matrix(matrix, case.fixed_lm, case.moving_lm, fixed_shape=case.fixed.shape, field=field).to_dict()
     out: dict[str, Any] = {"scores": s, "rtre_median": s["rtre_median"]}
     out["ratio_to_floor"] = s["rtre_median"] / ctx["floor_rtre_median"] if ctx["floor_rtre_median"] > 0 else None
     out["worse_than_identity"] = _worse(s["rtre_median"], ctx["identity_rtre_median"])
     if case.truth is not None:
-        err = truth_errors(matrix, case)
+        err = truth_errors(matrix, case, field)
         out["error"] = err["landmarks"]
         out["error_corners"] = err["corners"]
         out["recovered"] = err["landmarks"] < RECOVERED
@@ -574,22 +578,26 @@ def run_cases(specs: list[CaseSpec], methods: list[str], runner: Any, log: Calla
         ctx = case_context(case)
         ctx["results"] = {}
         for method in methods:
-            fn = getattr(runner, "run_" + method)
+            fn = getattr(runner, "run_" + method.replace("-", "_"))
             res: dict[str, Any] = {}
             runner.last_result = None
             t0 = time.perf_counter()
             try:
-                matrix = np.asarray(fn(case.fixed, case.moving, None), dtype=np.float64)
+                out = fn(case.fixed, case.moving, None)
+                out, field = out if isinstance(out, tuple) else (out, None)  # deformable: (matrix, field)
+                matrix = np.asarray(out, dtype=np.float64)
                 res["seconds"] = time.perf_counter() - t0
                 res["matrix"] = matrix.tolist()
-                res.update(score(matrix, case, ctx))
+                res.update(score(matrix, case, ctx, field))
             except Exception as exc:  # noqa: BLE001 - a failed method is a result
                 res["seconds"] = time.perf_counter() - t0
                 res["failed"] = f"{type(exc).__name__}: {exc}"
                 logger.debug("%s on %s failed:\n%s", method, case.name, traceback.format_exc())
-            if method == "drmime" and runner.last_result is not None:
+            if method in ("drmime", "drmime-d") and runner.last_result is not None:
                 r = runner.last_result
                 res["init"] = _jsonable(dict(r.init))
+                if r.deformation:
+                    res["deformation"] = _jsonable(dict(r.deformation))
                 res["iterations"] = r.iterations
                 res["timings"] = _jsonable(dict(r.timings))
             ctx["results"][method] = res
@@ -738,7 +746,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="all | real | generated | lesion3 | lobes1 | names or patterns, comma-separated "
                         f"(generated: {','.join(GENERATED)}; real: lesion3/<pair>, lobes1/<pair>)")
     p.add_argument("--methods", default=",".join(ALL_METHODS),
-                   help=f"comma-separated subset of {','.join(ALL_METHODS)} (default: all)")
+                   help=f"comma-separated subset of {','.join(ALL_METHODS + EXTRA_METHODS)} (default: {','.join(ALL_METHODS)})")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch / ITK / elastix (default 2)")
     p.add_argument("--max-iterations", type=int, default=None,
                    help="override DRMIME iterations (smoke runs only; default: the library's)")
@@ -751,9 +759,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("-v", "--verbose", action="store_true", help="log tracebacks of failed methods")
     args = p.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in args.methods if m not in ALL_METHODS]
+    unknown = [m for m in args.methods if m not in ALL_METHODS + EXTRA_METHODS]
     if unknown:
-        p.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}")
+        p.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS + EXTRA_METHODS)}")
     return args
 
 
