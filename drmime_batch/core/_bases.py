@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 
 from drmime_batch.config import TRANSFORMS  # the names and sizes, kept beside the config (torch-free)
+from drmime_batch.errors import ConfigError
 
 __all__ = ["TRANSFORMS", "TransformKind", "basis", "exp_transform"]
 
@@ -68,7 +69,7 @@ def basis(
     torch.Size([3, 3, 3])
     """
     if kind not in TRANSFORMS:
-        raise ValueError(f"transform must be one of {sorted(TRANSFORMS)}, got {kind!r}")
+        raise ConfigError(f"transform must be one of {sorted(TRANSFORMS)}, got {kind!r}")
     gens = _generators()[: TRANSFORMS[kind]]
     return torch.tensor(gens, dtype=dtype, device=device)
 

@@ -33,6 +33,8 @@ from typing import Sequence
 
 import numpy as np
 
+from drmime_batch.errors import ConfigError
+
 __all__ = [
     "apply_matrix",
     "level_to_full_matrix",
@@ -50,7 +52,7 @@ def _as_pair(value: float | Sequence[float], name: str) -> tuple[float, float]:
         return float(value), float(value)  # type: ignore[arg-type]
     seq = tuple(float(v) for v in value)  # type: ignore[union-attr]
     if len(seq) != 2:
-        raise ValueError(f"{name} must be a number or an (x, y) pair, got {value!r}")
+        raise ConfigError(f"{name} must be a number or an (x, y) pair, got {value!r}")
     return seq
 
 
@@ -211,7 +213,7 @@ def apply_matrix(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     """
     pts = np.asarray(points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 2:
-        raise ValueError(f"points must have shape (N, 2), got {pts.shape}")
+        raise ConfigError(f"points must have shape (N, 2), got {pts.shape}")
     hom = np.c_[pts, np.ones(len(pts))] @ np.asarray(matrix, dtype=np.float64).T
     out: np.ndarray = hom[:, :2] / hom[:, 2:3]
     return out

@@ -35,6 +35,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from drmime_batch.errors import InputImageError
+
 __all__ = ["CROP_BELOW", "ink_mask", "mask_fraction", "resize_mask", "tissue_box", "tissue_mask"]
 
 _SIGMA = 1.5  # feature smoothing, in working-copy pixels
@@ -159,7 +161,7 @@ def tissue_mask(image: np.ndarray, *, max_size: int = 512) -> np.ndarray:
     """
     image = np.asarray(image)
     if image.ndim not in (2, 3) or max_size < 1:
-        raise ValueError(f"need an (H, W) or (H, W, C) image and max_size >= 1: {image.shape}, {max_size}")
+        raise InputImageError(f"need an (H, W) or (H, W, C) image and max_size >= 1: {image.shape}, {max_size}")
     H, W = image.shape[:2]
     empty = np.zeros((H, W), bool)
     a, f = _area_downsample(image.astype(np.uint8) if image.dtype == bool else image, max_size)
@@ -230,7 +232,7 @@ def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if m.ndim == 3:
         m = (m != 0).any(axis=2)
     elif m.ndim != 2:
-        raise ValueError(f"mask must be (H, W) or (H, W, C), got shape {m.shape}")
+        raise InputImageError(f"mask must be (H, W) or (H, W, C), got shape {m.shape}")
     m = m != 0
     H, W = int(shape[0]), int(shape[1])
     rows = np.minimum(((np.arange(H) + 0.5) * m.shape[0] / H).astype(np.intp), m.shape[0] - 1)

@@ -38,7 +38,7 @@ from drmime_batch.core._init import Initialisation, centre_of_mass, comparable_s
 from drmime_batch.core._metrics import METRICS
 from drmime_batch.core._mine import StatisticsNetwork
 from drmime_batch.core._pyramid import _blur, gaussian_pyramid, sampling_weights
-from drmime_batch.errors import RegistrationDivergedError
+from drmime_batch.errors import ConfigError, RegistrationDivergedError
 
 __all__ = ["OptimisationOutcome", "never_worse", "optimise", "resolve_device"]
 
@@ -97,7 +97,7 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available here")
+        raise ConfigError(f"device {device!r} requested but CUDA is not available here")
     return dev
 
 

@@ -10,6 +10,7 @@ import dask.array as da
 import numpy as np
 
 from drmime_batch.core._convention import level_to_full_matrix
+from drmime_batch.errors import ConfigError, InputImageError
 from drmime_batch.io._fs import basename, is_url
 from drmime_batch.io._sources import LevelSource
 
@@ -105,7 +106,7 @@ class MultiscaleImage:
         metadata: dict[str, Any] | None = None,
     ) -> None:
         if not sources and not levels:
-            raise ValueError("a multiscale image needs at least one level")
+            raise InputImageError("a multiscale image needs at least one level")
         self.path: Path | str = path if is_url(path) else Path(path)
         self.name = basename(self.path)
         self._sources: list[LevelSource | None] = list(sources)
@@ -142,7 +143,7 @@ class MultiscaleImage:
         """Wrap an in-memory or dask ``(y, x[, c])`` array (no source file; not for :func:`warp`)."""
         arr = array if isinstance(array, da.Array) else da.from_array(np.asarray(array))
         if arr.ndim not in (2, 3):
-            raise ValueError(f"expected a (y, x[, c]) array, got shape {arr.shape}")
+            raise InputImageError(f"expected a (y, x[, c]) array, got shape {arr.shape}")
         return cls(path, [], pixel_size=pixel_size, levels=[arr])
 
     def _extend(self, max_side: int) -> None:
@@ -185,7 +186,7 @@ class MultiscaleImage:
         """The path-based reader of a file level (used by :func:`warp` tasks)."""
         src = self._sources[index] if index < len(self._sources) else None
         if src is None:
-            raise ValueError(
+            raise InputImageError(
                 f"level {index} of {self.name} is not stored in the file (it is built lazily); "
                 f"file levels are 0..{self.n_file_levels - 1}"
             )
@@ -208,7 +209,7 @@ class MultiscaleImage:
         (2, (25, 75))
         """
         if max_size < 1:
-            raise ValueError(f"max_size must be a positive number of pixels, got {max_size}")
+            raise ConfigError(f"max_size must be a positive number of pixels, got {max_size}")
         self._extend(max_size)
         for i, lvl in enumerate(self._levels):
             if max(lvl.shape[:2]) <= max_size:

@@ -15,6 +15,7 @@ from typing import Any, cast
 import dask.array as da
 import numpy as np
 
+from drmime_batch.errors import ConfigError, InputImageError
 from drmime_batch.io._fs import Location, basename, is_url, url_fs
 from drmime_batch.io._multiscale import downsample2
 
@@ -136,9 +137,9 @@ def write_ome_zarr(
     import zarr
 
     if data.ndim not in (2, 3):
-        raise ValueError(f"expected a (y, x[, c]) array, got shape {data.shape}")
+        raise InputImageError(f"expected a (y, x[, c]) array, got shape {data.shape}")
     if shard % chunk:
-        raise ValueError(f"shard side {shard} must be a multiple of the chunk side {chunk}")
+        raise ConfigError(f"shard side {shard} must be a multiple of the chunk side {chunk}")
     group = zarr.open_group(store=str(path), mode="w", zarr_format=3)
     channels = int(data.shape[2]) if data.ndim == 3 else None
     level = _to_cyx(data)

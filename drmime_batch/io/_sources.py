@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from drmime_batch.errors import CorruptImageError
+from drmime_batch.errors import ConfigError, CorruptImageError
 from drmime_batch.io._fs import basename, is_url, open_input, read_bytes
 
 __all__ = ["AxisMap", "LevelSource", "PILSource", "TiffSource", "ZarrSource"]
@@ -68,9 +68,9 @@ class AxisMap:
         names = tuple(str(a).lower() for a in axes)
         shape = tuple(int(s) for s in shape)
         if len(names) != len(shape):
-            raise ValueError(f"axes {names} do not match shape {shape}")
+            raise CorruptImageError(f"axes {names} do not match shape {shape}")
         if "y" not in names or "x" not in names:
-            raise ValueError(f"an image needs a 'y' and an 'x' axis, got axes {names}")
+            raise CorruptImageError(f"an image needs a 'y' and an 'x' axis, got axes {names}")
         channel = None
         for i, name in enumerate(names):
             if name in _CHANNEL_AXES and shape[i] > 1:
@@ -117,7 +117,7 @@ def _normalise_key(key: Any, ndim: int) -> tuple[slice, ...]:
     key = tuple(key) + (slice(None),) * (ndim - len(key))
     for k in key:
         if not isinstance(k, slice) or (k.step not in (None, 1)):
-            raise TypeError(f"level sources take unit-step slices only, got {key!r}")
+            raise ConfigError(f"level sources take unit-step slices only, got {key!r}")
     slices: tuple[slice, ...] = key  # each checked above
     return slices
 

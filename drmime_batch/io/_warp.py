@@ -25,6 +25,7 @@ import numpy as np
 from dask.highlevelgraph import HighLevelGraph
 
 from drmime_batch.core._field import DisplacementField, map_points
+from drmime_batch.errors import ConfigError
 from drmime_batch.io._sources import LevelSource
 
 if TYPE_CHECKING:
@@ -176,10 +177,10 @@ def resample_window(
            [ 8.5,  9.5, 10.5,  5.5]], dtype=float32)
     """
     if order not in (0, 1):
-        raise ValueError(f"order must be 0 (nearest) or 1 (linear), got {order!r}")
+        raise ConfigError(f"order must be 0 (nearest) or 1 (linear), got {order!r}")
     m = np.ascontiguousarray(matrix, dtype=np.float64)
     if m.shape != (3, 3):
-        raise ValueError(f"matrix must be 3x3, got shape {m.shape}")
+        raise ConfigError(f"matrix must be 3x3, got shape {m.shape}")
     squeeze = src.ndim == 2
     src3 = src[..., None] if squeeze else src
     out = np.empty((int(out_shape[0]), int(out_shape[1]), src3.shape[2]), dtype=src.dtype)
@@ -302,7 +303,7 @@ def _normalise_chunks(chunks: int | Sequence[int] | None, shape: tuple[int, int]
     else:
         cy, cx = (int(c) for c in tuple(chunks)[:2])
     if cy < 1 or cx < 1:
-        raise ValueError(f"chunks must be positive, got {chunks!r}")
+        raise ConfigError(f"chunks must be positive, got {chunks!r}")
     normalised: tuple[tuple[int, ...], ...] = da.core.normalize_chunks((cy, cx), shape)
     return normalised
 
@@ -312,9 +313,9 @@ def _coerce_matrix(matrix: Any) -> np.ndarray:
     if m.shape == (2, 3):
         m = np.vstack([m, [0.0, 0.0, 1.0]])
     if m.shape != (3, 3):
-        raise ValueError(f"matrix must be 3x3 (or 2x3 affine), got shape {m.shape}")
+        raise ConfigError(f"matrix must be 3x3 (or 2x3 affine), got shape {m.shape}")
     if not np.isfinite(m).all():
-        raise ValueError("matrix has non-finite entries")
+        raise ConfigError("matrix has non-finite entries")
     return m
 
 
@@ -335,7 +336,7 @@ def warp_array(
     displacement, when given: ``M (p + d(p))``).
     """
     if order not in (0, 1):
-        raise ValueError(f"order must be 0 (nearest) or 1 (linear), got {order!r}")
+        raise ConfigError(f"order must be 0 (nearest) or 1 (linear), got {order!r}")
     m = _coerce_matrix(matrix)
     chunk_y, chunk_x = _normalise_chunks(chunks, (int(out_shape[0]), int(out_shape[1])))
     extra = tuple(source.shape[2:])

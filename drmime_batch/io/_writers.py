@@ -60,7 +60,7 @@ import numpy as np
 from drmime_batch._pair_id import check_pair_id
 from drmime_batch.core._convention import matrix_to_physical
 from drmime_batch.core._field import DisplacementField
-from drmime_batch.errors import IncompleteOutputError, OutputStoreError
+from drmime_batch.errors import ConfigError, IncompleteOutputError, OutputStoreError
 from drmime_batch.io._atomic import new_write_id, remove_path, replace_path, staging, sweep_staging
 from drmime_batch.io._fs import Location, basename, exists, is_url, join, location, read_bytes, stamp
 from drmime_batch.io._omezarr import write_ome_tiff, write_ome_zarr
@@ -159,9 +159,9 @@ def _versions() -> dict[str, str]:
 def _coerce_matrix(matrix: Any) -> np.ndarray:
     m = np.asarray(matrix, dtype=np.float64)
     if m.shape != (3, 3):
-        raise ValueError(f"matrix must be 3x3, got shape {m.shape}")
+        raise ConfigError(f"matrix must be 3x3, got shape {m.shape}")
     if not np.isfinite(m).all():
-        raise ValueError(f"matrix has non-finite entries: {m.tolist()}")
+        raise ConfigError(f"matrix has non-finite entries: {m.tolist()}")
     return m
 
 
@@ -396,7 +396,7 @@ def write_registered(
         The pair has no complete transform yet (write it first).
     """
     if format not in _REGISTERED_PATHS:
-        raise ValueError(f"format must be 'ome-zarr' or 'ome-tiff', got {format!r}")
+        raise ConfigError(f"format must be 'ome-zarr' or 'ome-tiff', got {format!r}")
     if not isinstance(data, da.Array):
         data = da.from_array(np.asarray(data))
     pair_dir = _pair_dir(out, pair_id)
