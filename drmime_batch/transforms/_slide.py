@@ -75,10 +75,10 @@ def _target_grid(
 
     pixel_size = transform.pixel_size(role)
     if like is not None and not isinstance(like, (str, os.PathLike)):
-        shape = tuple(int(v) for v in like)
-        if len(shape) < 2 or min(shape[:2]) < 1:
+        given = tuple(int(v) for v in like)
+        if len(given) < 2 or min(given[:2]) < 1:
             raise ConfigError(f"like must be an image or a (height, width) shape, got {like!r}")
-        return (shape[0], shape[1]), pixel_size
+        return (given[0], given[1]), pixel_size
     if like is not None:
         image = open_image(like)
         return (int(image.shape[0]), int(image.shape[1])), pixel_size or image.pixel_size
