@@ -289,12 +289,15 @@ def _role(role: str) -> Role:
 
 
 def _entries_hint(root: Location) -> str:
-    """`` (entries: a, b, ...)`` listing the pair groups with a transform, or ``""``."""
-    from drmime_batch.io._fs import exists, join, list_names
+    """`` (entries: a, b, ...)`` naming a few pair groups of the store, or ``""``.
 
-    names = sorted(n for n in list_names(root) if not n.startswith(".") and exists(join(root, n, "transform")))
+    One listing, no request per entry: a store may hold thousands of pairs, on an object store.
+    """
+    from drmime_batch.io._fs import list_names
+
+    names = sorted(n for n in list_names(root) if not n.startswith(".") and n != "zarr.json")
     if not names:
-        return " (it holds no transform at all)"
+        return " (it holds no entry at all)"
     more = ", ..." if len(names) > _HINT_NAMES else ""
     return f" (entries: {', '.join(names[:_HINT_NAMES])}{more})"
 

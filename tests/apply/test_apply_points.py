@@ -136,3 +136,17 @@ def test_interrupted_transform_reads_as_incomplete(tmp_path: Path) -> None:
     with pytest.raises(IncompleteOutputError, match=r"transform of 'affine' in .* is incomplete") as info:
         open_transform(s.out, "affine")
     assert "\n" not in str(info.value)
+
+
+def test_an_entry_one_group_deeper(tmp_path: Path) -> None:
+    """``SERIES/SLIDE`` reads ``STORE/SERIES`` as the store of pair ``SLIDE``."""
+    from drmime_batch.io import write_transform
+
+    out = tmp_path / "out.zarr"
+    write_transform(out, "pair", np.eye(3), attrs={})
+    write_transform(out / "series1", "slide2", AFFINE, attrs={})
+    t = open_transform(out, "series1/slide2")
+    np.testing.assert_array_equal(t.matrix, AFFINE)
+    assert t.entry == "series1/slide2"
+    with pytest.raises(IncompleteOutputError, match=r"no entry 'series1/nope' \(entries: slide2\)"):
+        open_transform(out, "series1/nope")
