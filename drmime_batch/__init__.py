@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from drmime_batch._files import FileRegistration, register_files
     from drmime_batch.core import RegistrationConfig, RegistrationResult
     from drmime_batch.outcome import ImageSide, PairOutcome
+    from drmime_batch.transforms import open_transform
 
 __all__ = [
     "FileRegistration",
@@ -34,6 +35,7 @@ __all__ = [
     "RegistrationConfig",
     "RegistrationResult",
     "__version__",
+    "open_transform",
     "register",
     "register_files",
 ]
@@ -56,4 +58,8 @@ def __getattr__(name: str) -> Any:
         from drmime_batch import core
 
         return getattr(core, name)
+    if name == "open_transform":
+        from drmime_batch.transforms import open_transform
+
+        return open_transform
     raise AttributeError(f"module 'drmime_batch' has no attribute {name!r}")

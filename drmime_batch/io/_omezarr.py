@@ -84,6 +84,30 @@ def _omero(channels: int | None, dtype: np.dtype) -> dict[str, Any] | None:
     }
 
 
+def _halve_block(block: np.ndarray) -> np.ndarray:
+    """2x2 mean of an integer ``(y, x[, c])`` block of even sides, rounded half up, in integers."""
+    wide = np.int64 if np.issubdtype(block.dtype, np.signedinteger) else np.uint64
+    total = block[0::2, 0::2].astype(wide) + block[1::2, 0::2] + block[0::2, 1::2] + block[1::2, 1::2]
+    return ((total + 2) // 4).astype(block.dtype)  # floor division: floor(mean + 1/2) exactly
+
+
+def _halve(yx: da.Array, *, labels: bool) -> da.Array:
+    """The next pyramid level: :func:`downsample2`'s result, computed in integers when it can be.
+
+    For integer images ``floor(mean + 1/2)`` of 2x2 sums is exact in integer arithmetic, which
+    is about twice as fast as the float64 ``coarsen`` path and gives identical pixels; labels and
+    float images go through :func:`downsample2` itself.
+    """
+    if labels or not np.issubdtype(yx.dtype, np.integer) or yx.dtype.itemsize > 4:  # 64-bit: sums could overflow
+        return downsample2(yx, labels=labels)
+    h, w = yx.shape[0] // 2 * 2, yx.shape[1] // 2 * 2
+    even = yx[:h, :w]
+    if any(c % 2 for axis in even.chunks[:2] for c in axis):
+        even = even.rechunk({0: SHARD_SIDE, 1: SHARD_SIDE})
+    chunks = tuple(tuple(c // 2 for c in axis) for axis in even.chunks[:2]) + even.chunks[2:]
+    return even.map_blocks(_halve_block, chunks=chunks, dtype=yx.dtype)
+
+
 def _to_cyx(data: da.Array) -> da.Array:
     return data if data.ndim == 2 else da.moveaxis(data, 2, 0)
 
@@ -150,9 +174,10 @@ def write_ome_zarr(
         shapes.append(tuple(arr.shape))
         if max(arr.shape[-2:]) <= min_side or min(arr.shape[-2:]) < 2:
             break
-        written = da.from_zarr(arr)
+        # read back one whole shard per task, not one inner chunk: 16x fewer tasks and shard-index reads
+        written = da.from_zarr(arr, chunks=arr.shards or arr.chunks)
         yx = written if channels is None else da.moveaxis(written, 0, 2)
-        level = _to_cyx(downsample2(yx, labels=labels))
+        level = _to_cyx(_halve(yx, labels=labels))
         index += 1
     attrs = ngff_multiscale_attrs(name, shapes, pixel_size=pixel_size, channels=channels)
     omero = _omero(channels, data.dtype)

@@ -1,0 +1,223 @@
+"""``drmime-batch apply slide`` on a generated whole slide: peak memory and throughput against a plain copy.
+
+Generates an N x N x 3 uint8 tiled pyramidal OME-TIFF (512-pixel JPEG tiles of a smooth texture
+with noise, levels /1, /4, /16, 0.25 µm/px) and a batch output store holding one transform (a
+small rotation and shift, fixed = moving = the slide), then runs, each in its own child process
+so that the peak RSS (``ru_maxrss`` of that process, from ``os.wait4``) is that phase's alone:
+
+- ``copy`` (the peer): the same slide's level 0 read by the same lazy reader and stored by dask
+  into a zarr v3 array with the same shards (2048), chunks (512) and codec (zstd-3): a plain
+  chunked copy, no resampling, no pyramid;
+- ``apply``: ``python -m drmime_batch apply slide STORE pair SLIDE --out OUT.ome.zarr`` (the real
+  command: warp at full resolution, base level, pyramid levels, atomic rename), timed from the
+  process start, imports included;
+- ``apply-tif`` (with ``--tiff``): the same command writing ``OUT.ome.tif``;
+- ``copy+pyramid`` (a second peer): level 0 written by the same OME-Zarr writer as ``apply``
+  (base and pyramid levels) without a warp: what the warp itself costs.
+
+Before the timed phases one untimed ``apply slide`` of a small slide fills numba's on-disk cache
+of the warp kernel (compiled once per installation, about 10 s).
+
+Targets (issue 12): peak memory < 2 GB and apply throughput >= 0.5x the plain copy.
+
+    python benchmarks/apply_slide.py --size 12000                  # about 5 minutes on 2 cores
+    python benchmarks/apply_slide.py --json apply.json              # 40 000 x 40 000 x 3 (4.8 GB)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TILE, SHARD, CHUNK = 512, 2048, 512
+PIXEL_UM = 0.25
+
+
+def _machine() -> str:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        mem = f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
+    except ImportError:
+        mem = "RAM ?"
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), {mem}, Python {platform.python_version()}"
+
+
+def _tiles(count: int = 16) -> list[np.ndarray]:
+    """A few distinct textured tiles (cycled over the slide: generation stays fast at 40k)."""
+    out = []
+    for k in range(count):
+        rng = np.random.default_rng(k)
+        yy, xx = np.mgrid[0:TILE, 0:TILE].astype(np.float32) + k * 97
+        base = 150 + 50 * np.sin(xx / 37.0) * np.cos(yy / 53.0) + 30 * np.sin((xx + yy) / 211.0)
+        tile = np.stack([np.clip(base - 25 * c, 0, 255) for c in range(3)], axis=-1).astype(np.uint8)
+        out.append(tile + rng.integers(0, 12, tile.shape, dtype=np.uint8))
+    return out
+
+
+def make_slide(path: Path, size: int) -> None:
+    """A tiled pyramidal OME-TIFF (JPEG tiles, levels /1, /4, /16), written tile by tile."""
+    import tifffile
+
+    tiles = _tiles()
+
+    def gen(h: int, w: int):
+        for i in range(-(-h // TILE) * -(-w // TILE)):
+            yield tiles[(i * 7) % len(tiles)]
+
+    opts: dict[str, Any] = {"tile": (TILE, TILE), "photometric": "rgb", "compression": "jpeg",
+                            "compressionargs": {"level": 90}}  # fmt: skip
+    levels = [(size, size), (size // 4, size // 4), (size // 16, size // 16)]
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tw:
+        tw.write(gen(size, size), shape=(size, size, 3), dtype=np.uint8, subifds=len(levels) - 1,
+                 metadata={"axes": "YXS", "PhysicalSizeX": PIXEL_UM, "PhysicalSizeY": PIXEL_UM}, **opts)  # fmt: skip
+        for h, w in levels[1:]:
+            tw.write(gen(h, w), shape=(h, w, 3), dtype=np.uint8, subfiletype=1, metadata=None, **opts)
+
+
+def matrix(size: int) -> np.ndarray:
+    """Fixed -> moving: a 1.1° rotation about the centre and a (13.4, -7.7) px shift."""
+    theta, c = 0.02, (size - 1) / 2
+    rot = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
+    to_c = np.array([[1, 0, -c], [0, 1, -c], [0, 0, 1.0]])
+    return np.linalg.inv(to_c) @ rot @ to_c @ np.array([[1, 0, 13.4], [0, 1, -7.7], [0, 0, 1.0]])
+
+
+def copy_phase(src: Path, dst: Path) -> None:
+    """The peer, in this (child) process: level 0 read lazily and stored as a sharded zarr array."""
+    import dask.array as da
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    from drmime_batch.io import open_image
+
+    level = open_image(src).levels[0].rechunk((SHARD, SHARD, 3))  # one task per shard, as the warp
+    arr = zarr.create_array(
+        store=str(dst), shape=level.shape, dtype=level.dtype, chunks=(CHUNK, CHUNK, 3), shards=(SHARD, SHARD, 3),
+        compressors=ZstdCodec(level=3), fill_value=0, zarr_format=3,
+    )  # fmt: skip
+    da.store(level, arr, lock=False)
+
+
+def run_child(cmd: list[str]) -> tuple[float, float]:
+    """(seconds, peak RSS in GB) of one child process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t0
+    if status != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed with status {status}")
+    return elapsed, usage.ru_maxrss * 1024 / 1e9  # ru_maxrss is KiB on Linux
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=40_000, help="slide side in pixels (default 40000)")
+    parser.add_argument("--tiff", action="store_true", help="also time the OME-TIFF output")
+    parser.add_argument("--tmp", type=Path, default=None, help="scratch directory (default: a new temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated data")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write every figure as JSON to OUT")
+    parser.add_argument("--phase", help=argparse.SUPPRESS)
+    parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--dst", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.phase == "copy":
+        copy_phase(args.src, args.dst)
+        return 0
+    if args.phase == "copy+pyramid":
+        from drmime_batch.io import open_image
+        from drmime_batch.io._omezarr import write_ome_zarr
+
+        image = open_image(args.src)
+        write_ome_zarr(args.dst, image.levels[0], name="copy", pixel_size=image.pixel_size)
+        return 0
+
+    from drmime_batch.io import write_transform
+
+    work = Path(tempfile.mkdtemp(prefix="drmime-apply-bench-", dir=args.tmp))
+    try:
+        n = args.size
+        gb = n * n * 3 / 1e9
+        machine = _machine()
+        print(f"machine: {machine}")
+        slide = work / "slide.ome.tif"
+        t0 = time.perf_counter()
+        make_slide(slide, n)
+        made = time.perf_counter() - t0
+        print(f"slide: {n} x {n} x 3 uint8 = {gb:.2f} GB, tiled pyramidal OME-TIFF, {TILE}-px JPEG tiles, "
+              f"{slide.stat().st_size / 1e6:.0f} MB file, made in {made:.1f} s")  # fmt: skip
+        store = work / "out.zarr"
+        write_transform(store, "pair", matrix(n), attrs={"fixed": str(slide), "moving": str(slide)},
+                        fixed_pixel_size=(PIXEL_UM, PIXEL_UM), moving_pixel_size=(PIXEL_UM, PIXEL_UM))  # fmt: skip
+        warm = work / "warm.ome.tif"
+        make_slide(warm, 1024)
+        write_transform(work / "warm.zarr", "pair", matrix(1024), attrs={"fixed": str(warm), "moving": str(warm)})
+        subprocess.run([sys.executable, "-m", "drmime_batch", "apply", "slide", str(work / "warm.zarr"), "pair",
+                        str(warm), "--out", str(work / "warm-out.ome.zarr")], check=True, capture_output=True)  # fmt: skip
+        phases: dict[str, list[str]] = {
+            "copy": [sys.executable, __file__, "--phase", "copy", "--src", str(slide), "--dst", str(work / "copy.zarr")],
+            "apply": [sys.executable, "-m", "drmime_batch", "apply", "slide", str(store), "pair", str(slide),
+                      "--out", str(work / "applied.ome.zarr")],
+        }  # fmt: skip
+        phases["copy+pyramid"] = [sys.executable, __file__, "--phase", "copy+pyramid", "--src", str(slide),
+                                  "--dst", str(work / "copy.zarr")]  # fmt: skip
+        if args.tiff:
+            phases["apply-tif"] = [sys.executable, "-m", "drmime_batch", "apply", "slide", str(store), "pair",
+                                   str(slide), "--out", str(work / "applied.ome.tif")]  # fmt: skip
+        results: dict[str, dict[str, float]] = {}
+        for name, cmd in phases.items():
+            sec, peak = run_child(cmd)
+            results[name] = {
+                "seconds": round(sec, 2),
+                "peak_rss_gb": round(peak, 3),
+                "mb_per_s": round(gb * 1e3 / sec, 1),
+            }
+            print(f"{name:>10}: {sec:8.1f} s  {gb * 1e3 / sec:8.1f} MB/s  peak RSS {peak:.2f} GB")
+            if not args.keep:  # free the disk before the next phase
+                shutil.rmtree(work / "copy.zarr", ignore_errors=True)
+                shutil.rmtree(work / "applied.ome.zarr", ignore_errors=True)
+                (work / "applied.ome.tif").unlink(missing_ok=True)
+        ratio = results["copy"]["seconds"] / results["apply"]["seconds"]
+        peak = max(results[k]["peak_rss_gb"] for k in results if k.startswith("apply"))
+        same_writer = results["copy+pyramid"]["seconds"] / results["apply"]["seconds"]
+        print(f"apply throughput / copy throughput = {ratio:.2f}  (target >= 0.50)")
+        print(f"apply throughput / copy+pyramid throughput = {same_writer:.2f}  (the warp's own cost)")
+        print(f"peak RSS of apply = {peak:.2f} GB  (target < 2 GB)")
+        record = {
+            "size": n, "gigabytes": round(gb, 3), "machine": machine, "slide_seconds": round(made, 1),
+            **results, "ratio_apply_vs_copy": round(ratio, 3),
+            "ratio_apply_vs_copy_pyramid": round(same_writer, 3), "peak_rss_gb_apply": peak,
+            "targets": {"ratio_apply_vs_copy": ">= 0.5", "peak_rss_gb": "< 2"},
+            "command": " ".join(["python", "benchmarks/apply_slide.py", *(argv if argv is not None else sys.argv[1:])]),
+        }  # fmt: skip
+        print(json.dumps(record))
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(record, indent=2) + "\n")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
