@@ -5,7 +5,8 @@ The deformable stage maps a fixed pixel ``p`` to the moving pixel ``M (p + d(p))
 :mod:`drmime_batch.core._convention`). ``d`` is stored on a regular grid of nodes (``origin`` is
 the fixed pixel of node ``(0, 0)``, ``spacing`` the pixels between nodes), bilinear between nodes
 and constant beyond the border nodes. The field is the flow of a stationary velocity, so the
-inverse map is known exactly on the same grid: ``q -> r + d_inv(r)`` with ``r = M^-1 q``.
+inverse map is known on the same grid: ``q -> r + d_inv(r)`` with ``r = M^-1 q``, polished by a
+few fixed-point steps of the forward map (:meth:`DisplacementField.invert`).
 
 Numpy only (no torch): readers, the warp and ``apply`` use it.
 """
@@ -86,6 +87,19 @@ class DisplacementField:
                  for c in range(2)]
         return np.stack(parts, 1)
 
+    def invert(self, xy: Any, *, iterations: int = 8) -> Array:
+        """The fixed pixels ``p`` with ``p + d(p) = xy``: the stored inverse, polished by fixed-point steps.
+
+        The stored inverse is the exponential of the negated velocity, exact up to the grid's
+        interpolation; a few steps ``p <- xy - d(p)`` from it make forward and inverse undo each
+        other to a tiny fraction of a pixel (they converge while the field is a diffeomorphism).
+        """
+        target = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        p = target + self.displacement(target, inverse=True)
+        for _ in range(iterations):
+            p = target - self.displacement(p)
+        return p
+
     def rescaled(self, downsample: Sequence[float], offset: Sequence[float] = (0.0, 0.0)) -> DisplacementField:
         """The field of a level (``downsample`` = full / level size) in full-resolution pixels.
 
@@ -137,4 +151,4 @@ def map_points(matrix: Any, field: DisplacementField | None, xy: Any, *, inverse
     if not inverse:
         return apply(m, pts if field is None else pts + field.displacement(pts))
     r = apply(np.linalg.inv(m).astype(np.float64), pts)
-    return r if field is None else r + field.displacement(r, inverse=True)
+    return r if field is None else field.invert(r)

@@ -50,6 +50,9 @@ _SCORE_SIZES = (64, 128, 256)  # ... and of those the start, candidates and resu
 #: The result falls back to its start when its score is lower than the start's by more than this
 #: fraction (the score's noise between two nearby poses is well below it).
 FALLBACK_TOLERANCE = 0.05
+#: The stored field is integrated on a grid this many times finer than the velocity's (forward and
+#: inverse then undo each other to a few hundredths of a pixel).
+_STORED_REFINE = 4
 
 
 def never_worse(
@@ -607,11 +610,12 @@ def _field_in_pixels(field: VelocityField, frame_f: torch.Tensor) -> dict[str, n
     with torch.no_grad():
         scale = float(frame_f[0, 0])  # frame units per pixel
         to_pixels = torch.linalg.inv(frame_f)
-        forward, backward = field.displacement(1.0), field.displacement(-1.0)
+        forward, backward = field.displacement(1.0, refine=_STORED_REFINE), field.displacement(-1.0, refine=_STORED_REFINE)
         origin = _affine(to_pixels, field.lower[None])[0]
+        spacing = field.spacing / _STORED_REFINE / scale
         return {
             "forward": (forward.values / scale).cpu().numpy(),
             "inverse": (backward.values / scale).cpu().numpy(),
             "origin": origin.cpu().numpy(),
-            "spacing": np.array([field.spacing / scale, field.spacing / scale]),
+            "spacing": np.array([spacing, spacing]),
         }

@@ -88,7 +88,8 @@ def _halve_block(block: np.ndarray) -> np.ndarray:
     """2x2 mean of an integer ``(y, x[, c])`` block of even sides, rounded half up, in integers."""
     wide = np.int64 if np.issubdtype(block.dtype, np.signedinteger) else np.uint64
     total = block[0::2, 0::2].astype(wide) + block[1::2, 0::2] + block[0::2, 1::2] + block[1::2, 1::2]
-    return ((total + 2) // 4).astype(block.dtype)  # floor division: floor(mean + 1/2) exactly
+    out: np.ndarray = ((total + 2) // 4).astype(block.dtype)  # floor division: floor(mean + 1/2) exactly
+    return out
 
 
 def _halve(yx: da.Array, *, labels: bool) -> da.Array:
@@ -105,7 +106,8 @@ def _halve(yx: da.Array, *, labels: bool) -> da.Array:
     if any(c % 2 for axis in even.chunks[:2] for c in axis):
         even = even.rechunk({0: SHARD_SIDE, 1: SHARD_SIDE})
     chunks = tuple(tuple(c // 2 for c in axis) for axis in even.chunks[:2]) + even.chunks[2:]
-    return even.map_blocks(_halve_block, chunks=chunks, dtype=yx.dtype)
+    halved: da.Array = even.map_blocks(_halve_block, chunks=chunks, dtype=yx.dtype)
+    return halved
 
 
 def _to_cyx(data: da.Array) -> da.Array:

@@ -241,14 +241,22 @@ def _warp_block_field(
     x1: int,
     order: int,
     cval: float,
+    inverse_field: bool = False,
 ) -> np.ndarray:
-    """One output block through ``M (p + d(p))``: the block's own coordinates, its own window."""
+    """One output block through ``M (p + d(p))`` (``inverse_field``: ``r + d_inv(r)``, ``r = M p``).
+
+    The block computes its own coordinates and reads its own window of the source.
+    """
     from scipy import ndimage
 
     shape = source.shape
     out_shape = (y1 - y0, x1 - x0, *shape[2:])
     yy, xx = np.mgrid[y0:y1, x0:x1]
-    q = map_points(matrix, field, np.c_[xx.ravel(), yy.ravel()].astype(np.float64))
+    p = np.c_[xx.ravel(), yy.ravel()].astype(np.float64)
+    if inverse_field:  # matrix is M^-1 here: the inverse map of a deformable transform
+        q = field.invert(map_points(matrix, None, p))
+    else:
+        q = map_points(matrix, field, p)
     ok = np.isfinite(q).all(axis=1)
     if not ok.any():
         return np.full(out_shape, cval, dtype=source.dtype)
@@ -281,9 +289,10 @@ def _warp_block(
     order: int,
     cval: float,
     field: DisplacementField | None = None,
+    inverse_field: bool = False,
 ) -> np.ndarray:
     if field is not None:
-        return _warp_block_field(source, matrix, field, y0, y1, x0, x1, order, cval)
+        return _warp_block_field(source, matrix, field, y0, y1, x0, x1, order, cval, inverse_field)
     shape = source.shape
     out_shape = (y1 - y0, x1 - x0, *shape[2:])
     window = _source_window(matrix, y0, y1, x0, x1, shape)
@@ -328,12 +337,15 @@ def warp_array(
     cval: float = 0.0,
     chunks: int | Sequence[int] | None = None,
     field: DisplacementField | None = None,
+    inverse_field: bool = False,
 ) -> da.Array:
     """Lazy warp of any sliceable ``(h, w[, c])`` source onto an ``out_shape`` grid.
 
     The low-level form of :func:`warp`: ``source`` is a path-based level reader (or a numpy array
     for small data) and ``matrix`` maps output pixels to source pixels (after ``field``'s
-    displacement, when given: ``M (p + d(p))``).
+    displacement, when given: ``M (p + d(p))``; with ``inverse_field`` the field's inverse
+    displacement comes after the matrix, ``r + d_inv(r)`` with ``r = M p``: the inverse map of a
+    deformable transform when ``matrix`` is the inverse of its matrix).
     """
     if order not in (0, 1):
         raise ConfigError(f"order must be 0 (nearest) or 1 (linear), got {order!r}")
@@ -341,7 +353,8 @@ def warp_array(
     chunk_y, chunk_x = _normalise_chunks(chunks, (int(out_shape[0]), int(out_shape[1])))
     extra = tuple(source.shape[2:])
     token = da.core.tokenize(source, m, tuple(out_shape), order, cval, chunk_y, chunk_x,
-                             None if field is None else (field.forward, field.origin, field.spacing))
+                             None if field is None else (field.forward, field.inverse, field.origin, field.spacing),
+                             inverse_field)
     name = f"warp-{token}"
     dsk: dict[Any, Any] = {}
     ys = np.r_[0, np.cumsum(chunk_y)]
@@ -351,7 +364,7 @@ def warp_array(
         for j in range(len(chunk_x)):
             dsk[(name, i, j, *tail)] = (
                 _warp_block, source, m, int(ys[i]), int(ys[i + 1]), int(xs[j]), int(xs[j + 1]), order, float(cval),
-                field,
+                field, inverse_field,
             )  # fmt: skip
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[])
     out_chunks = (chunk_y, chunk_x, *((e,) for e in extra))

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from drmime_batch.core._convention import apply_matrix
+from drmime_batch.core._field import DisplacementField, map_points
 from drmime_batch.errors import ConfigError, DrmimeError, IncompleteOutputError, OutputStoreError
 
 if TYPE_CHECKING:
@@ -282,6 +283,47 @@ class MatrixTransform(StoredTransform):
         return warp_array(source, to_source, out_shape, order=order, chunks=chunks)
 
 
+class FieldTransform(MatrixTransform):
+    """A deformable transform: ``M (p + d(p))`` fixed → moving, its exact inverse ``r + d_inv(r)``, ``r = M^-1 q``.
+
+    Attributes
+    ----------
+    matrix : ndarray, shape (3, 3)
+        The linear part (applied after the displacement).
+    field : DisplacementField
+        The displacement on its grid of fixed full-resolution pixels, forward and inverse.
+    """
+
+    def __init__(self, store: Location, entry: str, matrix: np.ndarray, field: DisplacementField,
+                 attrs: dict[str, Any]) -> None:
+        super().__init__(store, entry, matrix, attrs)
+        self.field = field
+
+    @property
+    def kind(self) -> str:
+        """``"deformable"``."""
+        return "deformable"
+
+    def _to_moving(self, pts: np.ndarray) -> np.ndarray:
+        return map_points(self._matrix, self.field, pts)
+
+    def _to_fixed(self, pts: np.ndarray) -> np.ndarray:
+        self.inverse_matrix  # noqa: B018 - refuses a singular matrix with its one-line error
+        return map_points(self._matrix, self.field, pts, inverse=True)
+
+    def _resampled(
+        self, source: LevelSource, out_shape: tuple[int, int], *, into_fixed: bool, order: int, chunks: int
+    ) -> da.Array:
+        from drmime_batch.io import warp_array
+
+        if into_fixed:  # fixed pixel p samples the moving source at M (p + d(p))
+            return warp_array(source, self._matrix, out_shape, order=order, chunks=chunks, field=self.field)
+        # moving pixel q samples the fixed source at r + d_inv(r), r = M^-1 q: the same warp with
+        # the roles of matrix and field swapped (a field after the matrix)
+        return warp_array(source, self.inverse_matrix, out_shape, order=order, chunks=chunks,
+                          field=self.field, inverse_field=True)
+
+
 def _role(role: str) -> Role:
     if role not in ("fixed", "moving"):
         raise ConfigError(f"role must be 'fixed' or 'moving', got {role!r}")
@@ -315,7 +357,8 @@ def open_transform(store: str | Path, entry: str) -> StoredTransform:
     Returns
     -------
     StoredTransform
-        A :class:`MatrixTransform` for the affine and homography transforms written today.
+        A :class:`MatrixTransform` for affine and homography transforms, a :class:`FieldTransform`
+        for deformable ones.
 
     Raises
     ------
@@ -334,18 +377,19 @@ def open_transform(store: str | Path, entry: str) -> StoredTransform:
     >>> t.kind, float(t.matrix[0, 0]), t.map_points([4.0, 6.0])
     ('affine', 2.0, array([2., 3.]))
     """
+    from drmime_batch._pair_id import check_pair_id
     from drmime_batch.io._fs import exists, join, location
-    from drmime_batch.io._writers import _PAIR_ID, read_transform
+    from drmime_batch.io._writers import read_field, read_transform
 
     root = location(store)
     if not isinstance(entry, str) or not entry.strip("/"):
         raise OutputStoreError(f"entry {entry!r} of {store} is empty: give a pair id")
     parts = entry.strip("/").split("/")
     for part in parts:
-        if not _PAIR_ID.match(part):
-            raise OutputStoreError(
-                f"entry {entry!r} of {store}: {part!r} is not a pair id (letters, digits and . _ + = -)"
-            )
+        try:
+            check_pair_id(part)  # the rule the writer and the queue apply
+        except OutputStoreError as exc:
+            raise OutputStoreError(f"entry {entry!r} of {store}: {exc}") from None
     if not exists(root):
         raise IncompleteOutputError(f"output store {store} does not exist")
     if not exists(join(root, "zarr.json")):
@@ -357,8 +401,11 @@ def open_transform(store: str | Path, entry: str) -> StoredTransform:
         )
     try:
         matrix, attrs = read_transform(base, parts[-1])
+        field = read_field(base, parts[-1])
     except IncompleteOutputError:
         raise IncompleteOutputError(
             f"the transform of {entry!r} in {store} is incomplete (never finished or interrupted): run that pair again"
         ) from None
+    if field is not None:
+        return FieldTransform(root, entry, matrix, field, attrs)
     return MatrixTransform(root, entry, matrix, attrs)

@@ -118,7 +118,7 @@ def test_missing_store_entry_and_bad_entry(store: Store, tmp_path: Path) -> None
         IncompleteOutputError, match=r"has no entry 'nope' \(entries: affine, bare, homography, mirror\)"
     ):
         open_transform(store.out, "nope")
-    with pytest.raises(OutputStoreError, match="is not a pair id"):
+    with pytest.raises(OutputStoreError, match="is not usable"):
         open_transform(store.out, "../affine")
     (tmp_path / "plain").mkdir()
     with pytest.raises(OutputStoreError, match="is not a drmime_batch output store"):
