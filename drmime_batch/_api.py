@@ -163,7 +163,7 @@ def _mask_tensor(mask: np.ndarray | None, shape: tuple[int, int]) -> torch.Tenso
         return None
     from drmime_batch.core._mask import resize_mask
 
-    return torch.from_numpy(resize_mask(mask, tuple(shape)).astype(np.float32))
+    return torch.from_numpy(resize_mask(mask, (int(shape[0]), int(shape[1]))).astype(np.float32))
 
 
 def register(
@@ -257,24 +257,27 @@ def register(
         box = tissue_box(arr_mask) if arr_mask is not None and max(arr_mask.shape) > cfg.max_size else None
         record["crop"] = list(box) if box else None
         offsets.append((box[2], box[0]) if box else (0, 0))
-    if f_record["crop"]:
+    if f_record["crop"] and f_mask is not None:  # a crop exists only where a mask does
         y0, y1, x0, x1 = f_record["crop"]
         f_arr, f_mask = f_arr[y0:y1, x0:x1], f_mask[y0:y1, x0:x1]
-    if m_record["crop"]:
+    if m_record["crop"] and m_mask is not None:
         y0, y1, x0, x1 = m_record["crop"]
         m_arr, m_mask = m_arr[y0:y1, x0:x1], m_mask[y0:y1, x0:x1]
     f_t, f_ds = _to_tensor(f_arr, cfg.max_size)
     m_t, m_ds = _to_tensor(m_arr, cfg.max_size)
     out = optimise(
         f_t, m_t, cfg, callback=callback,
-        fixed_mask=_mask_tensor(f_mask, f_t.shape[1:]), moving_mask=_mask_tensor(m_mask, m_t.shape[1:]),
+        fixed_mask=_mask_tensor(f_mask, (int(f_t.shape[1]), int(f_t.shape[2]))),
+        moving_mask=_mask_tensor(m_mask, (int(m_t.shape[1]), int(m_t.shape[2]))),
     )
     matrix = matrix_from_level(out.matrix, fixed_downsample=f_ds, moving_downsample=m_ds)
     matrix = matrix_from_crop(matrix, fixed_offset=offsets[0], moving_offset=offsets[1])
     field = None
     if out.field is not None:  # in pixels of the shrunk fixed tensor: to those of the array given
-        field = DisplacementField(out.field["forward"], out.field["inverse"], origin=out.field["origin"],
-                                  spacing=out.field["spacing"]).rescaled(f_ds).shifted(offsets[0])
+        ox, oy = (float(v) for v in out.field["origin"])
+        sx, sy = (float(v) for v in out.field["spacing"])
+        field = DisplacementField(out.field["forward"], out.field["inverse"], origin=(ox, oy),
+                                  spacing=(sx, sy)).rescaled(f_ds).shifted(offsets[0])
     return RegistrationResult(
         matrix=matrix,
         transform=cfg.transform,

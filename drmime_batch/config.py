@@ -130,7 +130,7 @@ class RegistrationConfig:
     threads: int | None = None
     deformable: bool = False
     deformable_grid: int = 16
-    deformable_smoothness: float = 10.0
+    deformable_smoothness: float = 3.0
     deformable_iterations: int = 600
     lr_deformable: float = 2e-3
     extra: Mapping[str, Any] = field(default_factory=dict)

@@ -114,7 +114,7 @@ class VelocityField(torch.nn.Module):
         bilinearly): the result is closer to the true exponential, so the forward and inverse
         maps undo each other more exactly (used for the stored field).
         """
-        v = self.velocity
+        v: torch.Tensor = self.velocity
         if refine > 1:
             _, gh0, gw0 = v.shape
             v = F.interpolate(v.unsqueeze(0), size=((gh0 - 1) * refine + 1, (gw0 - 1) * refine + 1), mode="bilinear",

@@ -24,7 +24,8 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -104,11 +105,25 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+@dataclass(frozen=True)
 class OptimisationOutcome:
-    """Plain container for what :func:`optimise` found (the API wraps it into a result record)."""
+    """What :func:`optimise` found, in the pixels of the tensors given (the API wraps it into a record).
 
-    def __init__(self, **kw: object) -> None:
-        self.__dict__.update(kw)
+    ``field`` is the kept deformation in those pixels (``forward``, ``inverse``, ``origin``,
+    ``spacing``), ``deformation`` the deformable stage's record; both None without that stage.
+    """
+
+    matrix: np.ndarray
+    parameters: list[float]
+    level_scores: list[float]
+    history: list[float]
+    iterations: int
+    init: dict[str, Any]
+    timings: dict[str, float]
+    device: str
+    levels: int
+    deformation: dict[str, object] | None = None
+    field: dict[str, np.ndarray] | None = None
 
 
 def _t(m: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -140,7 +140,7 @@ def open_client(
             except (OSError, TimeoutError) as exc:
                 where = scheduler or f"the scheduler of {scheduler_file}"
                 raise ClusterConfigError(f"cannot reach {where}: {exc}") from exc
-            logger.info("attached to scheduler %s", client.scheduler.address)
+            logger.info("attached to scheduler %s", getattr(client.scheduler, "address", scheduler))
         elif cluster == "local":
             n, threads = local_cluster_size(workers, threads_per_worker)
             made = stack.enter_context(

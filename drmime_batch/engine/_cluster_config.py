@@ -259,9 +259,9 @@ def load_cluster_config(path: str | os.PathLike[str]) -> dict[str, Any]:
             holder: Any = tls
             for key in keys[:-1]:
                 holder = holder.get(key) if isinstance(holder, Mapping) else None
-            if isinstance(holder, Mapping) and keys[-1] in holder:
+            if isinstance(holder, dict) and keys[-1] in holder:  # YAML mappings load as dicts
                 holder[keys[-1]] = _resolve(holder[keys[-1]], base)
-    k8s = config.get("kubernetes", {})
+    k8s: Any = config.get("kubernetes", {})
     if isinstance(k8s.get("custom-cluster-spec"), str):
         k8s["custom-cluster-spec"] = _resolve(k8s["custom-cluster-spec"], base)
     hpc_settings(config, source=str(file))  # validate our own section now

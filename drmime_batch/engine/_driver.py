@@ -179,7 +179,7 @@ class _Driver:
         self.stop = stop
         self.ac = as_completed()
         self.inflight: dict[str, tuple[str, PairTask]] = {}  # future key -> (pair_id, task)
-        self.warps: dict[cf.Future[None], tuple[str, dict[str, Any], float]] = {}
+        self.warps: dict[cf.Future[None], tuple[str, PairOutcome, float]] = {}
         self.warp_pool = cf.ThreadPoolExecutor(max(1, options.warp_threads), thread_name_prefix="drmime-warp")
         self.events: stdqueue.SimpleQueue[dict[str, Any]] = stdqueue.SimpleQueue()
         self.starts: dict[str, set[tuple[str, int]]] = {}  # pair -> {(worker, pid)} seen starting
@@ -230,7 +230,7 @@ class _Driver:
             pure=False,
             resources=resources,
         )
-        self.inflight[future.key] = (row.pair_id, task)
+        self.inflight[str(future.key)] = (row.pair_id, task)
         self.starts[row.pair_id] = set()
         self.ac.add(future)
         self.emit(RunEvent("submitted", pair_id=row.pair_id, row=row))
@@ -309,7 +309,7 @@ class _Driver:
 
     # -------------------------------------------------------------- results
     def _on_register(self, future: Future) -> None:
-        pair_id, task = self.inflight.pop(future.key)
+        pair_id, task = self.inflight.pop(str(future.key))
         self.starts.pop(pair_id, None)
         status = future.status
         if status == "finished":
@@ -330,13 +330,13 @@ class _Driver:
             else:
                 self._finish(pair_id, outcome, float(outcome.seconds or 0.0))
             return
-        exc: BaseException
+        error: BaseException
         try:
-            exc = future.exception() or RuntimeError(f"task ended in state {status}")
+            error = future.exception() or RuntimeError(f"task ended in state {status}")
         except Exception as other:  # noqa: BLE001 - cancelled futures raise here
-            exc = other
+            error = other
         future.release()
-        self._on_error(pair_id, exc)
+        self._on_error(pair_id, error)
 
     def _on_error(self, pair_id: str, exc: BaseException) -> None:
         if _is_worker_loss(exc):

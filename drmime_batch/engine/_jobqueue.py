@@ -132,7 +132,7 @@ def _explicit_job_kwargs(kind: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
     from dask_jobqueue.core import Job
 
     _, job_cls = _jobqueue_classes(kind)
-    accepted = set(inspect.signature(job_cls.__init__).parameters) | set(
+    accepted = set(inspect.signature(job_cls.__init__).parameters) | set(  # type: ignore[misc]
         inspect.signature(Job.__init__).parameters
     )
     accepted -= {"self", "scheduler", "name", "config_name", "security", "protocol", "interface"}

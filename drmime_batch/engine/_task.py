@@ -294,6 +294,7 @@ def _score_landmarks(task: PairTask, matrix: np.ndarray, fixed_shape: tuple[int,
     """
     from drmime_batch.evaluation import evaluate_matrix, read_landmarks
 
+    assert task.fixed_landmarks and task.moving_landmarks  # only called when the pair has both
     try:
         fixed_lm = read_landmarks(task.fixed_landmarks)
         moving_lm = read_landmarks(task.moving_landmarks)

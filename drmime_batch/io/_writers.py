@@ -144,7 +144,8 @@ def _array_attrs(path: Location) -> dict[str, Any] | None:
         doc = json.loads(read_bytes(join(path, "zarr.json")))
     except (OSError, ValueError):
         return None
-    return doc.get("attributes", {})
+    attrs: dict[str, Any] = doc.get("attributes", {})
+    return attrs
 
 
 def _versions() -> dict[str, str]:

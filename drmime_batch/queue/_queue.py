@@ -528,7 +528,8 @@ class Queue:
         :meth:`next_pending`, :meth:`has_pending`, :meth:`get`).
         """
         sql = f"SELECT {_COLUMNS} FROM pairs"
-        where, args = [], []  # type: ignore[var-annotated]
+        where: list[str] = []
+        args: list[Any] = []
         if states is not None:
             states = list(states)
             where.append(f"state IN ({','.join('?' * len(states))})")

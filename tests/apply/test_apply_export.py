@@ -99,7 +99,7 @@ def test_plain_json(store: Store, tmp_path: Path) -> None:
 def test_homography_exports_as_json_only(store: Store, tmp_path: Path) -> None:
     t = open_transform(store.out, "homography")
     for fmt, name in (("itk", "h.tfm"), ("ngff", "h.json")):
-        with pytest.raises(ConfigError, match="is a homography, which an .* affine cannot express: export it as json"):
+        with pytest.raises(ConfigError, match=r"is a homography, which an .* affine cannot express: export it as json"):
             export_transform(t, tmp_path / name, fmt)
         assert not (tmp_path / name).exists()
     doc = json.loads(export_transform(t, tmp_path / "h.json", "json").read_text())

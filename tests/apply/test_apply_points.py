@@ -72,7 +72,7 @@ def test_csv_in_micrometres_uses_each_frames_pixel_size(store: Store, tmp_path: 
 def test_micrometres_without_pixel_sizes_is_refused(store: Store, tmp_path: Path) -> None:
     src = tmp_path / "p.csv"
     src.write_text(",X,Y\n0,1,2\n")
-    with pytest.raises(ConfigError, match="pixel size .*unknown"):
+    with pytest.raises(ConfigError, match=r"pixel size .*unknown"):
         transform_points_csv(open_transform(store.out, "bare"), src, tmp_path / "o.csv", units="um")
     assert not (tmp_path / "o.csv").exists()
 

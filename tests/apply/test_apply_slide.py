@@ -102,7 +102,7 @@ def test_nearest_keeps_label_values(store: Store, tmp_path: Path, suffix: str) -
 
 def test_an_entry_without_recorded_images_needs_like(store: Store, tmp_path: Path) -> None:
     t = open_transform(store.out, "bare")
-    with pytest.raises(IncompleteOutputError, match="fixed frame of 'bare' .* has no known size") as info:
+    with pytest.raises(IncompleteOutputError, match=r"fixed frame of 'bare' .* has no known size") as info:
         t.warp_slide(store.moving, tmp_path / "o.ome.zarr")
     assert "\n" not in str(info.value)
     out = t.warp_slide(store.moving, tmp_path / "o.ome.zarr", like=store.fixed)
