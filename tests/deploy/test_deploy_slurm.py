@@ -263,3 +263,37 @@ def test_driver_stopped_or_killed_mid_batch_leaves_no_job_and_resumes(slurm, tmp
     assert res.returncode == 0, res.stdout + res.stderr
     assert {r.state for r in rows(queue).values()} == {"done"}
     assert slurm.wait_no_live_jobs(30) == []
+
+
+# ------------------------------------------------------------------------------------ the PBS dialect
+def _slurm_torque_wrappers() -> bool:
+    """``qsub`` is SLURM's PBS/Torque wrapper (Debian: slurm-wlm-torque), not a PBS server's."""
+    import shutil
+
+    qsub = shutil.which("qsub")
+    return qsub is not None and "slurm" in Path(qsub).read_text(errors="replace")[:20000].lower()
+
+
+@pytest.mark.skipif(not _slurm_torque_wrappers(), reason="no qsub/qdel of SLURM's PBS wrappers (slurm-wlm-torque)")
+def test_pbs_job_scripts_run_through_slurm_pbs_wrappers(slurm, tmp_path, tiny_manifest):
+    """``--cluster pbs`` with the shipped pbs-gpu.yaml, made to run here: the PBS script
+    (``#PBS -l select=...``, walltime, ``-j oe``) submitted with qsub, cancelled with qdel.
+
+    Not a PBS server (none is packaged for Debian 12): SLURM runs the jobs behind its wrappers.
+    """
+    config = yaml.safe_load((DEPLOY / "hpc" / "pbs-gpu.yaml").read_text(encoding="utf-8"))
+    config["jobqueue"]["pbs"].update(
+        name="drmime-pbs", cores=1, memory="2GB", walltime="00:05:00", queue=PARTITION, interface="lo",
+        python=sys.executable, local_directory=str(tmp_path / "scratch"),
+        scheduler_options={"interface": "lo", "dashboard_address": ":0"},
+    )
+    config["drmime-batch"] = {"gpus-per-job": 0}
+    path = tmp_path / "pbs-cpu.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    queue = submit(slurm, tmp_path, tiny_manifest, SMALL)
+    res = cli(slurm, "run", "--queue", queue, "--cluster", "pbs", "--cluster-config", path, "--max-jobs", "2",
+              "--no-warp", "--quiet", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert {r.state for r in rows(queue).values()} == {"done"}
+    assert any(j["name"] == "drmime-pbs" for j in slurm.jobs()), slurm.jobs()  # the jobs qsub submitted
+    assert slurm.wait_no_live_jobs(30) == []
