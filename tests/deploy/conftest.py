@@ -121,3 +121,25 @@ def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return manifest
 
 
+
+
+# ------------------------------------------------------------------------------- a real SLURM cluster
+@pytest.fixture(scope="session")
+def slurm_session():  # type: ignore[no-untyped-def]
+    """A throwaway single-node SLURM cluster for the whole session (``_slurm_support``); skips with
+    the reason where it cannot be started (no SLURM binaries, not root)."""
+    from _slurm_support import single_node_slurm, slurm_unavailable
+
+    why = slurm_unavailable()
+    if why is not None:
+        pytest.skip(why)
+    with single_node_slurm() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def slurm(slurm_session):  # type: ignore[no-untyped-def]
+    """The session's SLURM cluster, with no job left over from the test before (cancelled after each)."""
+    yield slurm_session
+    slurm_session.cancel_all()
+    slurm_session.wait_no_live_jobs(30)

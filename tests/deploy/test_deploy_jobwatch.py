@@ -1,0 +1,171 @@
+"""``run --cluster slurm`` stops with one line when its jobs cannot start, and refuses bad cluster
+configurations with one line: no SLURM needed (stand-in ``sbatch``/``squeue``/``scancel`` scripts
+on the PATH). The same through a real SLURM cluster: ``test_deploy_slurm.py``."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("dask_jobqueue")
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _config(folder: Path, body: str) -> Path:
+    path = folder / "cluster.yaml"
+    path.write_text(textwrap.dedent(body), encoding="utf-8")
+    return path
+
+
+CPU_JOBS = """\
+jobqueue:
+  slurm:
+    cores: 1
+    memory: 1GB
+    walltime: "00:05:00"
+    interface: lo
+    scheduler-options: {dashboard_address: ":0"}
+drmime-batch: {gpus-per-job: 0}
+"""
+
+
+def _tool(folder: Path, name: str, script: str) -> None:
+    path = folder / name
+    path.write_text("#!/bin/sh\n" + textwrap.dedent(script), encoding="ascii")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+def _cli(*args: object, cwd: Path, path_prefix: Path | None = None, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    if path_prefix is not None:
+        env["PATH"] = f"{path_prefix}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run([sys.executable, "-m", "drmime_batch", *map(str, args)], cwd=cwd, env=env, text=True,
+                          capture_output=True, timeout=timeout, check=False)
+
+
+@pytest.fixture
+def queue(tmp_path: Path, tiny_manifest: Path) -> Path:
+    path = tmp_path / "batch.sqlite"
+    res = _cli("submit", tiny_manifest, "--queue", path, "--out", tmp_path / "out.zarr", "--quiet",
+               "--max-iterations", "10", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    return path
+
+
+def _one_error_line(res: subprocess.CompletedProcess[str]) -> str:
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("drmime-batch run: error: "), lines[0]
+    return lines[0]
+
+
+def _pending(queue: Path) -> set[str]:
+    from drmime_batch.queue import Queue
+
+    with Queue.open(queue) as q:
+        return {r.state for r in q.rows()}
+
+
+def _run_slurm(queue: Path, config: Path) -> list[object]:
+    return ["run", "--queue", queue, "--cluster", "slurm", "--cluster-config", config, "--no-warp", "--quiet"]
+
+
+# ------------------------------------------------------------------------------------ bad input
+def test_unknown_jobqueue_key_is_refused_naming_it(tmp_path, queue):
+    config = _config(tmp_path, CPU_JOBS.replace('walltime: "00:05:00"', 'walltme: "00:05:00"'))
+    line = _one_error_line(_cli(*_run_slurm(queue, config), cwd=tmp_path))
+    assert line.endswith("unknown key(s) ['walltme'] under jobqueue.slurm; did you mean 'walltime'?"), line
+    assert _pending(queue) == {"pending"}
+
+
+def test_unknown_key_without_a_near_name_lists_the_known_ones(tmp_path):
+    from drmime_batch.engine._clusters import job_script
+    from drmime_batch.errors import ClusterConfigError
+
+    config = _config(tmp_path, CPU_JOBS.replace("cores: 1", "cores: 1\n    gpus: 4"))
+    with pytest.raises(ClusterConfigError, match=r"unknown key\(s\) \['gpus'\] under jobqueue.slurm; "
+                                                 r"dask-jobqueue's slurm settings are \[.*'walltime'"):
+        job_script("slurm", config_path=config)
+
+
+def test_config_without_jobqueue_section_is_refused(tmp_path, queue):
+    config = _config(tmp_path, "drmime-batch: {gpus-per-job: 0}\n")
+    line = _one_error_line(_cli(*_run_slurm(queue, config), cwd=tmp_path))
+    assert "jobqueue.slurm.cores and memory not set" in line, line
+    assert _pending(queue) == {"pending"}
+
+
+@pytest.mark.slow
+def test_scheduler_not_running_is_one_line(tmp_path, queue):
+    """Nothing listens at the address: refused after the client's connect timeout (30 s)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    line = _one_error_line(_cli("run", "--queue", queue, "--scheduler", f"tcp://127.0.0.1:{port}", "--quiet",
+                                cwd=tmp_path))
+    assert f"cannot reach tcp://127.0.0.1:{port}" in line, line
+    assert _pending(queue) == {"pending"}
+
+
+# ------------------------------------------------------------------------------------ jobs that never start
+def test_refused_submission_stops_the_run_with_sbatch_reason(tmp_path, queue):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _tool(bin_dir, "sbatch", """\
+        echo "sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified" >&2
+        exit 1
+        """)
+    config = _config(tmp_path, CPU_JOBS)
+    line = _one_error_line(_cli(*_run_slurm(queue, config), cwd=tmp_path, path_prefix=bin_dir))
+    assert line == (f"drmime-batch run: error: {config}: sbatch refused the worker job: Batch job submission "
+                    "failed: Invalid account or account/partition combination specified")
+    assert _pending(queue) == {"pending"}
+
+
+def test_job_pending_for_good_stops_the_run_and_is_cancelled(tmp_path, queue):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _tool(bin_dir, "sbatch", 'echo "Submitted batch job 4242"\n')
+    # what squeue says of a job whose walltime is over the partition's limit
+    _tool(bin_dir, "squeue", f'echo "$@" >> {tmp_path}/squeue.args\necho "4242|PartitionTimeLimit"\n')
+    _tool(bin_dir, "scancel", f'echo "$@" >> {tmp_path}/scancel.args\n')
+    config = _config(tmp_path, CPU_JOBS)
+    line = _one_error_line(_cli(*_run_slurm(queue, config), cwd=tmp_path, path_prefix=bin_dir))
+    assert line == (f"drmime-batch run: error: {config}: SLURM job 4242 can never start: PartitionTimeLimit, "
+                    "its walltime is over the partition's time limit (see jobqueue.slurm)")
+    assert "--jobs=4242" in (tmp_path / "squeue.args").read_text()
+    assert "4242" in (tmp_path / "scancel.args").read_text().split()  # cancelled on the way out
+    assert _pending(queue) == {"pending"}
+
+
+def test_pending_for_a_passing_reason_is_left_waiting():
+    from drmime_batch.engine._jobqueue import SLURM_NEVER_STARTS
+
+    # a busy cluster, a held job, a node down: they may start later, the batch waits
+    for reason in ("Resources", "Priority", "JobHeldUser", "ReqNodeNotAvail", "AssocGrpCpuLimit", "None"):
+        assert reason not in SLURM_NEVER_STARTS
+
+
+def test_importing_dask_jobqueue_keeps_the_sigint_handler():
+    """dask_jobqueue's import installs SIGINT -> sys.exit(): Ctrl-C would end ``run`` with status 0."""
+    code = textwrap.dedent("""\
+        import signal, sys
+        def mine(*_): pass
+        signal.signal(signal.SIGINT, mine)
+        from drmime_batch.engine._jobqueue import _jobqueue_classes
+        _jobqueue_classes("slurm")
+        import dask_jobqueue.runner  # noqa: F401 - already imported: no second change
+        sys.exit(0 if signal.getsignal(signal.SIGINT) is mine else 1)
+        """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 0, res.stderr
