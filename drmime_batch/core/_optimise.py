@@ -581,7 +581,10 @@ def optimise(
         matrix = torch.linalg.inv(frame_m) @ frame_matrix @ frame_f
     deformation: dict[str, object] | None = None
     field_px: dict[str, np.ndarray] | None = None
-    if config.deformable:
+    if config.deformable and verdict["fallback"]:
+        # the linear stage could not improve on its start: a deformation would build on a guess
+        deformation = {"kept": False, "reason": "the linear stage kept its start (init.fallback): not deformed"}
+    elif config.deformable:
         field, deformation = _deformable_stage(
             config, frame_matrix, pyr_f, pyr_m, pools_f, pools_m if config.symmetric else [], f_to_frame, m_to_frame,
             frame_to_grid_f, frame_to_grid_m, n_points, net if config.metric == "mine" else None, gen, scorer,

@@ -371,7 +371,7 @@ def config_or_empty(config_path: str | os.PathLike[str] | None) -> dict[str, Any
 
 def source_name(config_path: str | os.PathLike[str] | None) -> str:
     """What error messages call the configuration."""
-    return "dask config (no --cluster-config)" if config_path is None else str(config_path)
+    return "the dask configuration (no cluster config file given)" if config_path is None else str(config_path)
 
 
 def check_kind(kind: str, allowed: tuple[str, ...]) -> str:
