@@ -111,7 +111,7 @@ def _check_keys(kind: str, ours: Mapping[str, Any], defaults: set[str], source: 
     from dask_jobqueue.core import Job
 
     _, job_cls = _jobqueue_classes(kind)
-    params = set(inspect.signature(job_cls.__init__).parameters) | set(inspect.signature(Job.__init__).parameters)
+    params = set(inspect.signature(job_cls.__init__).parameters) | set(inspect.signature(Job.__init__).parameters)  # type: ignore[misc]
     known = defaults | {p.replace("_", "-") for p in params} | _DEPRECATED_JOB_KEYS
     unknown = sorted(str(k) for k in ours if str(k).replace("_", "-") not in known)
     if unknown:
