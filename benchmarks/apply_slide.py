@@ -18,7 +18,10 @@ so that the peak RSS (``ru_maxrss`` of that process, from ``os.wait4``) is that 
 Before the timed phases one untimed ``apply slide`` of a small slide fills numba's on-disk cache
 of the warp kernel (compiled once per installation, about 10 s).
 
-Targets (issue 12): peak memory < 2 GB and apply throughput >= 0.5x the plain copy.
+Targets (issue 12): peak memory < 2 GB and apply throughput >= 0.5x the plain copy. With
+``--deformable`` the stored transform also carries a smooth displacement field (the deformable
+stage's storage, amplitude 0.1 % of the side on a 17-node grid) and the target (issue 13) is
+>= 0.35x the plain copy, peak memory < 2 GB.
 
     python benchmarks/apply_slide.py --size 12000                  # about 5 minutes on 2 cores
     python benchmarks/apply_slide.py --json apply.json              # 40 000 x 40 000 x 3 (4.8 GB)
@@ -129,10 +132,23 @@ def run_child(cmd: list[str]) -> tuple[float, float]:
     return elapsed, usage.ru_maxrss * 1024 / 1e9  # ru_maxrss is KiB on Linux
 
 
+def smooth_field(n: int) -> Any:
+    """A smooth displacement over an n x n slide: 0.1 % of the side, 17 x 17 nodes (forward, inverse)."""
+    from drmime_batch.core._field import DisplacementField
+
+    nodes = 17
+    t = np.linspace(0, np.pi, nodes)
+    bump = np.outer(np.sin(t), np.sin(2 * t)) * (n / 1000)
+    forward = np.stack([bump, bump.T])
+    return DisplacementField(forward, -forward, origin=(0, 0), spacing=((n - 1) / (nodes - 1),) * 2)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=40_000, help="slide side in pixels (default 40000)")
     parser.add_argument("--tiff", action="store_true", help="also time the OME-TIFF output")
+    parser.add_argument("--deformable", action="store_true",
+                        help="store a smooth displacement field with the matrix (the deformable warp)")
     parser.add_argument("--tmp", type=Path, default=None, help="scratch directory (default: a new temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write every figure as JSON to OUT")
@@ -167,10 +183,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{slide.stat().st_size / 1e6:.0f} MB file, made in {made:.1f} s")  # fmt: skip
         store = work / "out.zarr"
         write_transform(store, "pair", matrix(n), attrs={"fixed": str(slide), "moving": str(slide)},
-                        fixed_pixel_size=(PIXEL_UM, PIXEL_UM), moving_pixel_size=(PIXEL_UM, PIXEL_UM))  # fmt: skip
+                        fixed_pixel_size=(PIXEL_UM, PIXEL_UM), moving_pixel_size=(PIXEL_UM, PIXEL_UM),
+                        field=smooth_field(n) if args.deformable else None)  # fmt: skip
         warm = work / "warm.ome.tif"
         make_slide(warm, 1024)
-        write_transform(work / "warm.zarr", "pair", matrix(1024), attrs={"fixed": str(warm), "moving": str(warm)})
+        write_transform(work / "warm.zarr", "pair", matrix(1024), attrs={"fixed": str(warm), "moving": str(warm)},
+                        field=smooth_field(1024) if args.deformable else None)
         subprocess.run([sys.executable, "-m", "drmime_batch", "apply", "slide", str(work / "warm.zarr"), "pair",
                         str(warm), "--out", str(work / "warm-out.ome.zarr")], check=True, capture_output=True)  # fmt: skip
         phases: dict[str, list[str]] = {
@@ -199,14 +217,16 @@ def main(argv: list[str] | None = None) -> int:
         ratio = results["copy"]["seconds"] / results["apply"]["seconds"]
         peak = max(results[k]["peak_rss_gb"] for k in results if k.startswith("apply"))
         same_writer = results["copy+pyramid"]["seconds"] / results["apply"]["seconds"]
-        print(f"apply throughput / copy throughput = {ratio:.2f}  (target >= 0.50)")
+        target = 0.35 if args.deformable else 0.5
+        print(f"apply throughput / copy throughput = {ratio:.2f}  (target >= {target:.2f})")
         print(f"apply throughput / copy+pyramid throughput = {same_writer:.2f}  (the warp's own cost)")
         print(f"peak RSS of apply = {peak:.2f} GB  (target < 2 GB)")
         record = {
             "size": n, "gigabytes": round(gb, 3), "machine": machine, "slide_seconds": round(made, 1),
             **results, "ratio_apply_vs_copy": round(ratio, 3),
             "ratio_apply_vs_copy_pyramid": round(same_writer, 3), "peak_rss_gb_apply": peak,
-            "targets": {"ratio_apply_vs_copy": ">= 0.5", "peak_rss_gb": "< 2"},
+            "deformable": bool(args.deformable),
+            "targets": {"ratio_apply_vs_copy": f">= {target}", "peak_rss_gb": "< 2"},
             "command": " ".join(["python", "benchmarks/apply_slide.py", *(argv if argv is not None else sys.argv[1:])]),
         }  # fmt: skip
         print(json.dumps(record))
