@@ -132,6 +132,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------- status
+def _qc_brief(qc: Any) -> dict[str, Any]:
+    """``{"score", "flagged", "reasons"}`` of a done pair; a row without a record reads unflagged, score None."""
+    if not qc:
+        return {"score": None, "flagged": False, "reasons": []}
+    return {"score": float(qc.get("score", 0.0)), "flagged": bool(qc.get("flagged")),
+            "reasons": [str(r) for r in qc.get("reasons") or []]}
+
+
 def _status_dict(row: Any) -> dict[str, Any]:
     from drmime_batch.cli._console import pair_figures
     from drmime_batch.outcome import PairOutcome
@@ -151,6 +159,7 @@ def _status_dict(row: Any) -> dict[str, Any]:
         "out": row.out,
         **pair_figures(row),
         "landmarks": outcome.landmarks,
+        "qc": _qc_brief(outcome.qc) if row.state == "done" else None,
         "started_at": row.started_at,
         "finished_at": row.finished_at,
         "failure": outcome.failure,
