@@ -89,3 +89,12 @@ def test_record_round_trips_through_the_outcome() -> None:
     back = PairOutcome.from_dict(out.to_dict())
     assert back.qc == q.to_dict() and back.flagged
     assert not PairOutcome.from_dict({**out.to_dict(), "qc": None}).flagged  # rows written before
+
+
+def test_overlay_stretches_a_faint_stain() -> None:
+    from drmime_batch.io._qc import _stain
+
+    faint = np.full((40, 40, 3), 250, np.uint8)
+    faint[10:30, 10:30] = 235  # a pale stain: 15 grey levels under the glass
+    out = _stain(faint)
+    assert out[20, 20] > 200 and out[0, 0] < 30
