@@ -134,6 +134,10 @@ class PairOutcome:
         Where and how long the attempt ran.
     warped : bool or None
         Whether the registered image was written (set by the driver).
+    qc : dict or None
+        The landmark-free quality record (:class:`drmime_batch.quality.QualityRecord` as a dict:
+        ``score`` in [0, 1], ``flagged``, ``reasons``, ``features``); None for failed pairs and
+        rows written before it existed.
     """
 
     pair_id: str
@@ -159,6 +163,7 @@ class PairOutcome:
     attempt: int = 1
     seconds: float | None = None
     warped: bool | None = None
+    qc: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.matrix is not None:
@@ -181,6 +186,11 @@ class PairOutcome:
     def with_(self, **changes: Any) -> PairOutcome:
         """A copy with ``changes`` applied (the record itself is immutable)."""
         return replace(self, **changes)
+
+    @property
+    def flagged(self) -> bool:
+        """True when the quality record flags this pair (False without a record)."""
+        return bool((self.qc or {}).get("flagged", False))
 
     @classmethod
     def failed(
@@ -219,6 +229,7 @@ class PairOutcome:
             "attempt": int(self.attempt),
             "seconds": self.seconds,
             "warped": self.warped,
+            "qc": None if self.qc is None else _plain(dict(self.qc)),
             "registration": _plain(dict(self.registration)),
         }
         for role, side in (("fixed", self.fixed), ("moving", self.moving)):
@@ -290,6 +301,7 @@ class PairOutcome:
             attempt=int(d.get("attempt") or 1),
             seconds=None if d.get("seconds") is None else float(d["seconds"]),
             warped=d.get("warped"),
+            qc=None if d.get("qc") is None else dict(d["qc"]),
         )
 
     @classmethod

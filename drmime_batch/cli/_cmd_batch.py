@@ -132,6 +132,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------- status
+def _qc_brief(qc: Any) -> dict[str, Any]:
+    """``{"score", "flagged", "reasons"}`` of a done pair; a row without a record reads unflagged, score None."""
+    if not qc:
+        return {"score": None, "flagged": False, "reasons": []}
+    return {"score": float(qc.get("score", 0.0)), "flagged": bool(qc.get("flagged")),
+            "reasons": [str(r) for r in qc.get("reasons") or []]}
+
+
 def _status_dict(row: Any) -> dict[str, Any]:
     from drmime_batch.cli._console import pair_figures
     from drmime_batch.outcome import PairOutcome
@@ -151,6 +159,7 @@ def _status_dict(row: Any) -> dict[str, Any]:
         "out": row.out,
         **pair_figures(row),
         "landmarks": outcome.landmarks,
+        "qc": _qc_brief(outcome.qc) if row.state == "done" else None,
         "started_at": row.started_at,
         "finished_at": row.finished_at,
         "failure": outcome.failure,
@@ -195,9 +204,32 @@ def _print_tracebacks(rows: list[Any], *, verbose: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------- retry / cancel
+#: What ``retry --flagged`` changes for a flagged pair: a denser initialisation search (72 angles
+#: instead of 36, every orientation tried) with another seed; recorded in the pair's options.
+FLAGGED_STRATEGY: dict[str, Any] = {"init": "search", "init_angles": 72}
+
+
+def _flagged_changes(rows: list[Any]) -> dict[str, dict[str, Any]]:
+    """The option changes of every done, flagged pair (seed moved on by one from its last)."""
+    from drmime_batch.outcome import PairOutcome
+
+    changes = {}
+    for row in rows:
+        if row.state == "done" and PairOutcome.from_row(row).flagged:
+            seed = int((row.options or {}).get("seed") or 0) + 1
+            changes[row.pair_id] = FLAGGED_STRATEGY | {"seed": seed}
+    return changes
+
+
 def _cmd_retry(args: argparse.Namespace) -> int:
     from drmime_batch.queue import Queue
 
+    if getattr(args, "flagged", False):
+        with Queue.open(args.queue) as queue:
+            moved = queue.rerun_with(_flagged_changes(queue.rows()))
+        print(f"{len(moved)} flagged pair(s) back to pending with init_angles "
+              f"{FLAGGED_STRATEGY['init_angles']} and the next seed" + (f": {', '.join(moved)}" if moved else ""))
+        return 0
     with Queue.open(args.queue) as queue:
         moved = queue.retry(args.pair_ids or None)
     print(f"{len(moved)} pair(s) back to pending" + (f": {', '.join(moved)}" if moved else ""))
@@ -332,8 +364,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--json", action="store_true", help="a JSON list, one object per pair")
     p.set_defaults(func=_cmd_status)
 
-    p = subparsers.add_parser("retry", help="put failed pairs back to pending")
+    p = subparsers.add_parser("retry", help="put failed (or, with --flagged, flagged) pairs back to pending")
     p.add_argument("--queue", required=True, metavar="QUEUE")
+    p.add_argument("--flagged", action="store_true",
+                   help="queue the done pairs the quality check flagged again, with a denser initialisation "
+                        "search (init_angles 72) and the next seed (recorded in each pair's options)")
     p.add_argument("pair_ids", nargs="*", metavar="PAIR_ID", help="default: every failed pair")
     p.set_defaults(func=_cmd_retry)
 

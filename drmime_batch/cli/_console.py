@@ -53,6 +53,17 @@ def pair_figures(row: PairRow) -> dict[str, Any]:
     return PairOutcome.from_row(row).summary()
 
 
+def _qc_cell(row: PairRow) -> Text:
+    """The quality score of a done pair, red and marked when flagged."""
+    from drmime_batch.outcome import PairOutcome
+
+    qc = PairOutcome.from_row(row).qc if row.state == "done" else None
+    if not qc:
+        return Text("-")
+    text = f"{float(qc.get('score', 0.0)):.2f}" + (" ⚑" if qc.get("flagged") else "")
+    return Text(text, style="red" if qc.get("flagged") else "green")
+
+
 def _fmt(value: Any, spec: str) -> str:
     if value is None:
         return "-"
@@ -63,8 +74,13 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def summary_table(rows: Iterable[PairRow], *, title: str | None = "Batch summary") -> Table:
-    """A table of pairs: state, attempts, seconds, MI, landmark rTRE before → after, error."""
-    rows = list(rows)
+    """A table of pairs: state, attempts, seconds, MI, quality, landmark rTRE before → after, error.
+
+    Flagged pairs come first, their quality score in red and the first reason in the last column.
+    """
+    from drmime_batch.outcome import PairOutcome
+
+    rows = sorted(rows, key=lambda r: not PairOutcome.from_row(r).flagged)  # stable: queue order otherwise
     with_landmarks = any(pair_figures(r)["identity_rtre_median"] is not None or r.fixed_landmarks for r in rows)
     table = Table(title=title, title_justify="left", show_lines=False)
     table.add_column("pair")
@@ -72,6 +88,7 @@ def summary_table(rows: Iterable[PairRow], *, title: str | None = "Batch summary
     table.add_column("att.", justify="right")
     table.add_column("seconds", justify="right")
     table.add_column("MI", justify="right")
+    table.add_column("QC", justify="right")
     if with_landmarks:
         table.add_column("rTRE median before → after", justify="right")
     table.add_column("worker / error", overflow="fold")
@@ -83,11 +100,18 @@ def summary_table(rows: Iterable[PairRow], *, title: str | None = "Batch summary
             str(row.attempts),
             _fmt(row.seconds, ".1f"),
             _fmt(fig["final_mi"], ".3f"),
+            _qc_cell(row),
         ]
         if with_landmarks:
             before, after = fig["identity_rtre_median"], fig["rtre_median"]
             cells.append("-" if after is None else f"{_fmt(before, '.4f')} → {_fmt(after, '.4f')}")
-        cells.append(Text(row.error, style="red") if row.error else Text(str(row.worker or ""), style="dim"))
+        reasons = (PairOutcome.from_row(row).qc or {}).get("reasons") or []
+        if row.error:
+            cells.append(Text(row.error, style="red"))
+        elif row.state == "done" and reasons:
+            cells.append(Text(f"flagged: {reasons[0]}", style="yellow"))
+        else:
+            cells.append(Text(str(row.worker or ""), style="dim"))
         table.add_row(*cells)
     return table
 

@@ -239,6 +239,7 @@ def _register(task: PairTask, worker: Any, base: dict[str, Any]) -> PairOutcome:
     qc = _writing(f"writing the QC picture of {task.pair_id} to {task.out}", lambda: write_qc(
         task.out, task.pair_id, open_image(task.fixed), open_image(task.moving), matrix, scheduler=_SCHEDULER,
         field=result.field))
+    qc_record = _quality(task, reg, matrix)
     landmarks = None
     if task.fixed_landmarks and task.moving_landmarks:
         landmarks = _score_landmarks(task, matrix, reg.fixed.shape, reg.moving.pixel_size, result.field)
@@ -258,7 +259,31 @@ def _register(task: PairTask, worker: Any, base: dict[str, Any]) -> PairOutcome:
         masks=_masks_record(result.masks or {}, task),
         landmarks=landmarks,
         qc_png=str(qc) if qc else None,
+        qc=qc_record,
     )
+
+
+def _quality(task: PairTask, reg: Any, matrix: np.ndarray) -> dict[str, Any]:
+    """The pair's quality record (:func:`drmime_batch.quality.assess` on small levels of both files).
+
+    Never fatal: a record that cannot be computed is a flagged one, saying why.
+    """
+    from drmime_batch.core import matrix_to_level
+    from drmime_batch.io import open_image
+    from drmime_batch.quality import QC_SIZE, assess
+
+    result = reg.result
+    try:
+        fixed, moving = open_image(task.fixed), open_image(task.moving)
+        fl, ml = fixed.level_for(QC_SIZE), moving.level_for(QC_SIZE)
+        small = matrix_to_level(matrix, fixed_downsample=fixed.downsamples[fl],
+                                moving_downsample=moving.downsamples[ml])
+        record = assess(fixed.read_level(fl, scheduler=_SCHEDULER), moving.read_level(ml, scheduler=_SCHEDULER),
+                        small, init=result.init, deformation=result.deformation)
+        return record.to_dict()
+    except Exception as exc:  # noqa: BLE001 - a registered pair stays registered; it is flagged instead
+        return {"score": 0.0, "flagged": True, "reasons": [f"the quality could not be assessed: {_one_line(exc)}"],
+                "features": {}}
 
 
 def _writing(what: str, fn: Callable[[], Any]) -> Any:

@@ -824,6 +824,29 @@ class Queue:
         """
         return self._move(pair_ids, to="pending", default_from=("failed",), named_from=("failed", "cancelled"))
 
+    def rerun_with(self, changes: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """Put ``done`` or ``failed`` pairs back to ``pending`` with their options changed.
+
+        ``changes`` maps a pair id to the options merged into that pair's stored options (the
+        retry strategy, recorded in the queue). Pairs in another state are left as they are.
+        Returns the ids moved.
+        """
+        now = time.time()
+
+        def body(conn: sqlite3.Connection) -> list[str]:
+            moved = []
+            for pid, extra in changes.items():
+                rec = conn.execute("SELECT state, options FROM pairs WHERE pair_id=?", (pid,)).fetchone()
+                if rec is None or rec[0] not in ("done", "failed"):
+                    continue
+                opts = json.loads(rec[1] or "{}") | dict(extra)
+                conn.execute("UPDATE pairs SET state='pending', options=?, error=NULL, traceback=NULL, updated_at=? "
+                             "WHERE pair_id=?", (json.dumps(opts, sort_keys=True), now, pid))
+                moved.append(pid)
+            return moved
+
+        return self._write(body)
+
     def cancel(self, pair_ids: Iterable[str] | None = None) -> list[str]:
         """Mark pairs ``cancelled``: every ``pending`` one, or the named ``pending``/``failed`` ones.
 

@@ -1,0 +1,354 @@
+"""Trust at a glance: a landmark-free quality record of one registered pair.
+
+:func:`assess` looks at what a registration knows, at a small pyramid level (about
+:data:`QC_SIZE` pixels), and returns a :class:`QualityRecord`: a ``score`` in [0, 1], a ``flagged``
+bit and the ``reasons`` behind it, with the measured ``features``:
+
+``dice``
+    Dice of the fixed tissue mask and the moving tissue mask mapped into the fixed frame. Two
+    sections of one block overlap well when registered; a wrong rotation, flip or scale does not.
+``nmi``
+    Normalised mutual information ``2 MI / (H_f + H_m)`` of the fixed image and the registered one,
+    over the fixed pixels the moving frame covers.
+``peak_margin``
+    ``1 - max(nmi of small moves) / nmi`` over shifts of 1 and 2 % of the diagonal, turns of 2 and
+    5 degrees and 3 % scalings: a registration sits on a peak of the similarity, a near miss does
+    not (the strongest feature on the benchmark).
+``orientation_margin``
+    The same against every other orientation (15-degree steps, mirrored or not) about the fixed
+    tissue centre: a wrong rotation or flip.
+``sharpness``
+    How much ``nmi`` drops when the map is shifted by :data:`SHIFT` of the fixed diagonal (mean of
+    the four shifts, relative to ``nmi``): a wrong map sits on a plateau.
+``anisotropy``, ``area_change``
+    The linear part's singular-value ratio and determinant (shear and scale plausibility;
+    ``area_change`` is relative to the ratio of tissue areas, so pixel sizes do not matter).
+``gain``, ``jacobian_min``
+    Recorded, not thresholded: the optimiser's similarity over its start (``init`` record) and the
+    deformable stage's smallest Jacobian determinant (a fold when not positive: flagged).
+
+The thresholds (:data:`THRESHOLDS`) were chosen on the robustness benchmark (see
+``benchmarks/qc_calibration.py`` and ``benchmarks/RESULTS.md``). This module needs numpy and
+scipy only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["QC_SIZE", "SHIFT", "THRESHOLDS", "QualityRecord", "assess"]
+
+#: Longer side (pixels) of the copies assessed: masks and histograms need no more.
+QC_SIZE = 256
+#: The shift probing the similarity peak, as a fraction of the fixed diagonal.
+SHIFT = 0.04
+#: Flag below / above these (see the module docstring and benchmarks/RESULTS.md).
+THRESHOLDS: dict[str, float] = {
+    "peak_margin_min": 0.025,
+    "orientation_margin_min": 0.10,
+    "sharpness_min": 0.30,
+    "dice_min": 0.50,
+    "anisotropy_max": 1.5,
+    "area_change_max": 4.0,
+    "jacobian_min": 0.0,
+}
+_BINS = 32
+#: The local moves and the orientations probed (see :func:`measure`).
+LOCAL_SHIFTS = (0.01, 0.02)
+LOCAL_TURNS = (-5.0, -2.0, 2.0, 5.0)
+LOCAL_SCALES = (0.97, 1.03)
+ORIENTATION_STEP = 15
+
+
+@dataclass(frozen=True)
+class QualityRecord:
+    """The quality of one pair: ``score`` in [0, 1], ``flagged`` and why, and the features measured."""
+
+    score: float
+    flagged: bool
+    reasons: tuple[str, ...] = ()
+    features: Mapping[str, float | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``{"score", "flagged", "reasons", "features"}``."""
+        return {"score": float(self.score), "flagged": bool(self.flagged), "reasons": list(self.reasons),
+                "features": {k: (None if v is None else float(v)) for k, v in self.features.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> QualityRecord:
+        """Inverse of :meth:`to_dict`."""
+        return cls(score=float(data.get("score", 0.0)), flagged=bool(data.get("flagged", False)),
+                   reasons=tuple(str(r) for r in data.get("reasons") or ()),
+                   features=dict(data.get("features") or {}))
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    """Float64 (H, W): the mean over channels (the first three), any dtype."""
+    a = np.asarray(image, dtype=np.float64)
+    return a[..., :3].mean(axis=2) if a.ndim == 3 else a
+
+
+def _shrink(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """An area-averaged copy of at most ``size`` px on its longer side, and its downsample factor."""
+    f = max(1, -(-max(image.shape[:2]) // size))
+    if f == 1:
+        return np.asarray(image), 1.0
+    h, w = (image.shape[0] // f) * f, (image.shape[1] // f) * f
+    a = np.asarray(image[:h, :w], dtype=np.float64)
+    a = a.reshape(h // f, f, w // f, f, *a.shape[2:]).mean(axis=(1, 3))
+    return a, float(f)
+
+
+def _to_small(matrix: np.ndarray, f_ds: float, m_ds: float) -> np.ndarray:
+    """``matrix`` (fixed -> moving pixels) between the shrunk copies (pixel centres kept)."""
+    def level(s: float) -> np.ndarray:
+        return np.array([[s, 0.0, 0.5 * (s - 1.0)], [0.0, s, 0.5 * (s - 1.0)], [0.0, 0.0, 1.0]])
+
+    out: np.ndarray = np.linalg.inv(level(m_ds)) @ matrix @ level(f_ds)
+    return out
+
+
+def _warp(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int], order: int) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` sampled at ``matrix @ p`` for every pixel ``p`` of ``shape``; and where that is inside."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
+    x = matrix[0, 0] * xx + matrix[0, 1] * yy + matrix[0, 2]
+    y = matrix[1, 0] * xx + matrix[1, 1] * yy + matrix[1, 2]
+    w = matrix[2, 0] * xx + matrix[2, 1] * yy + matrix[2, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x, y = x / w, y / w
+    h, wd = image.shape[:2]
+    inside = np.isfinite(x) & np.isfinite(y) & (x >= -0.5) & (x <= wd - 0.5) & (y >= -0.5) & (y <= h - 0.5)
+    x, y = np.where(inside, x, -1.0), np.where(inside, y, -1.0)
+    out = np.asarray(ndimage.map_coordinates(image.astype(np.float64), [y, x], order=order, mode="nearest"))
+    return out, inside
+
+
+def _ranks(a: np.ndarray) -> np.ndarray:
+    """Bin indices of ``a`` by its own 1-99 % range (robust to glare and padding)."""
+    lo, hi = np.percentile(a, [1.0, 99.0]) if a.size else (0.0, 1.0)
+    bins: np.ndarray = np.clip(((a - lo) / max(hi - lo, 1e-12) * _BINS).astype(int), 0, _BINS - 1)
+    return bins
+
+
+def _nmi(fixed: np.ndarray, warped: np.ndarray, valid: np.ndarray) -> float:
+    """``2 MI / (H_f + H_m)`` over ``valid`` pixels (0 with fewer than 64 of them)."""
+    if valid.sum() < 64:
+        return 0.0
+    a, b = _ranks(fixed[valid]), _ranks(warped[valid])
+    joint = np.bincount(a * _BINS + b, minlength=_BINS * _BINS).astype(np.float64)
+    p = joint / joint.sum()
+    pa, pb = p.reshape(_BINS, _BINS).sum(1), p.reshape(_BINS, _BINS).sum(0)
+
+    def entropy(q: np.ndarray) -> float:
+        q = q[q > 0]
+        return float(-(q * np.log(q)).sum())
+
+    ha, hb, hab = entropy(pa), entropy(pb), entropy(p)
+    return 0.0 if ha + hb <= 0 else max(0.0, 2.0 * (ha + hb - hab) / (ha + hb))
+
+
+def _shifted(matrix: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    t = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy], [0.0, 0.0, 1.0]])
+    out: np.ndarray = matrix @ t
+    return out
+
+
+def _centre(mask: np.ndarray) -> tuple[float, float]:
+    yy, xx = np.nonzero(mask)
+    return float(xx.mean()), float(yy.mean())
+
+
+def _about(centre: tuple[float, float], linear: np.ndarray) -> np.ndarray:
+    """The fixed-frame map ``linear`` (2x2) about ``centre``, as a 3x3 matrix."""
+    cx, cy = centre
+    c = np.array([[1.0, 0.0, cx], [0.0, 1.0, cy], [0.0, 0.0, 1.0]])
+    a = np.eye(3)
+    a[:2, :2] = linear
+    out: np.ndarray = c @ a @ np.linalg.inv(c)
+    return out
+
+
+def _rotation(deg: float) -> np.ndarray:
+    r = math.radians(deg)
+    return np.array([[math.cos(r), -math.sin(r)], [math.sin(r), math.cos(r)]])
+
+
+def _local_moves(diag: float, centre: tuple[float, float]) -> list[np.ndarray]:
+    """Small changes of a map: shifts of 1 and 2 % of the diagonal, turns of 2 and 5 degrees, 3 % scale."""
+    out = []
+    for f in LOCAL_SHIFTS:
+        for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+            out.append(np.array([[1.0, 0.0, dx * f * diag], [0.0, 1.0, dy * f * diag], [0.0, 0.0, 1.0]]))
+    out += [_about(centre, _rotation(a)) for a in LOCAL_TURNS]
+    out += [_about(centre, np.eye(2) * s) for s in LOCAL_SCALES]
+    return out
+
+
+def _orientations(centre: tuple[float, float]) -> list[np.ndarray]:
+    """Other orientations of a map about the fixed tissue centre: every 15 degrees, mirrored or not."""
+    out = []
+    for flip in (False, True):
+        for a in range(0, 360, ORIENTATION_STEP):
+            if a == 0 and not flip:
+                continue
+            lin = _rotation(a) @ (np.diag([-1.0, 1.0]) if flip else np.eye(2))
+            out.append(_about(centre, lin))
+    return out
+
+
+def measure(fixed: Any, moving: Any, matrix: Any, *, size: int = QC_SIZE) -> dict[str, float | None]:
+    """The image features of a pair (``dice``, ``nmi``, ``sharpness``, ``anisotropy``, ``area_change``, ...).
+
+    Parameters
+    ----------
+    fixed, moving : array_like, shape (H, W) or (H, W, C)
+        The two images (any level: they are shrunk to at most ``size`` px).
+    matrix : array_like, shape (3, 3)
+        Fixed -> moving in the pixels of the arrays given (``registered(p) = moving(M @ p)``).
+    size : int
+
+    Returns
+    -------
+    dict
+        Features; ``dice`` and ``area_change`` are None when a mask found no tissue.
+    """
+    from drmime_batch.core._mask import tissue_mask
+
+    m = np.asarray(matrix, dtype=np.float64)
+    f_small, f_ds = _shrink(np.asarray(fixed), size)
+    m_small, m_ds = _shrink(np.asarray(moving), size)
+    small = _to_small(m, f_ds, m_ds)
+    shape = (int(f_small.shape[0]), int(f_small.shape[1]))
+    f_mask = tissue_mask(f_small)
+    m_mask = tissue_mask(m_small)
+    f_gray, m_gray = _gray(f_small), _gray(m_small)
+    warped, inside = _warp(m_gray, small, shape, order=1)
+    nmi = _nmi(f_gray, warped, inside)
+    diag = math.hypot(*shape)
+    d = SHIFT * diag
+    shifted = [_nmi(f_gray, *_warp(m_gray, _shifted(small, dx, dy), shape, order=1))
+               for dx, dy in ((d, 0.0), (-d, 0.0), (0.0, d), (0.0, -d))]
+    sharpness = 0.0 if nmi <= 0 else 1.0 - float(np.mean(shifted)) / nmi
+    centre = _centre(f_mask) if f_mask.any() else ((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)
+    local = max(_nmi(f_gray, *_warp(m_gray, small @ p, shape, order=1)) for p in _local_moves(diag, centre))
+    orient = max(_nmi(f_gray, *_warp(m_gray, small @ p, shape, order=1)) for p in _orientations(centre))
+    # margins: how far (relative) the result's similarity stands above its best neighbour / orientation
+    peak_margin = 0.0 if nmi <= 0 else 1.0 - local / nmi
+    orientation_margin = 0.0 if nmi <= 0 else 1.0 - orient / nmi
+    lin = m[:2, :2]
+    sv = np.linalg.svd(lin, compute_uv=False)
+    anisotropy = float(sv[0] / sv[1]) if sv[1] > 0 else math.inf
+    det = float(abs(np.linalg.det(lin)))
+    features: dict[str, float | None] = {
+        "nmi": nmi, "sharpness": sharpness, "peak_margin": peak_margin, "orientation_margin": orientation_margin, "anisotropy": anisotropy, "determinant": det,
+        "fixed_tissue": float(f_mask.mean()), "moving_tissue": float(m_mask.mean()),
+        "dice": None, "area_change": None, "coverage": float(inside.mean()),
+    }
+    if f_mask.any() and m_mask.any():
+        m_warped, m_inside = _warp(m_mask.astype(np.float64), small, shape, order=0)
+        mw = (m_warped > 0.5) & m_inside
+        features["dice"] = float(2.0 * (f_mask & mw).sum() / max(1, f_mask.sum() + mw.sum()))
+        # moving tissue area (full-resolution px) over fixed tissue area times det: 1 when consistent
+        f_area = f_mask.sum() * f_ds * f_ds
+        m_area = m_mask.sum() * m_ds * m_ds
+        ratio = det * f_area / m_area if m_area > 0 and det > 0 else math.inf
+        features["area_change"] = float(max(ratio, 1.0 / ratio)) if ratio > 0 else math.inf
+    return features
+
+
+def _ramp(value: float, bad: float, good: float) -> float:
+    """0 at ``bad``, 1 at ``good``, linear between (either order)."""
+    t = (value - bad) / (good - bad)
+    return float(min(1.0, max(0.0, t)))
+
+
+def judge(features: Mapping[str, float | None], *, init: Mapping[str, Any] | None = None,
+          deformation: Mapping[str, Any] | None = None) -> QualityRecord:
+    """The :class:`QualityRecord` of measured ``features`` (and the registration's own records).
+
+    ``score`` is the smallest of a few ramps, each 1 well inside its threshold and 0 well beyond,
+    so it reads as "the weakest evidence"; a pair is flagged when any threshold is crossed.
+    """
+    t = THRESHOLDS
+    reasons: list[str] = []
+    parts: list[float] = []
+    feats = dict(features)
+    dice, sharp = feats.get("dice"), feats.get("sharpness")
+    aniso, area = feats.get("anisotropy"), feats.get("area_change")
+    if dice is None:
+        reasons.append("no tissue found in one of the images: the overlap cannot be checked")
+        parts.append(0.0)
+    else:
+        parts.append(_ramp(dice, t["dice_min"], t["dice_min"] + 0.2))
+        if dice < t["dice_min"]:
+            reasons.append(f"tissue masks overlap poorly (Dice {dice:.2f} < {t['dice_min']:.2f})")
+    peak, orient = feats.get("peak_margin"), feats.get("orientation_margin")
+    if peak is not None:
+        parts.append(_ramp(peak, t["peak_margin_min"], 4 * t["peak_margin_min"]))
+        if peak < t["peak_margin_min"]:
+            reasons.append(f"a slightly moved map is as similar (peak margin {peak:.3f} < {t['peak_margin_min']:.3f})")
+    if orient is not None:
+        parts.append(_ramp(orient, t["orientation_margin_min"], 2 * t["orientation_margin_min"]))
+        if orient < t["orientation_margin_min"]:
+            reasons.append(f"another orientation is as similar (margin {orient:.2f} < {t['orientation_margin_min']:.2f})")
+    if sharp is not None:
+        parts.append(_ramp(sharp, t["sharpness_min"], t["sharpness_min"] + 0.1))
+        if sharp < t["sharpness_min"]:
+            reasons.append(f"the similarity is not at a peak (drop {sharp:.2f} < {t['sharpness_min']:.2f} "
+                           f"when shifted by {SHIFT:.0%} of the diagonal)")
+    if aniso is not None:
+        parts.append(_ramp(aniso, t["anisotropy_max"], 1.0))
+        if not aniso <= t["anisotropy_max"]:
+            reasons.append(f"implausible shear (singular-value ratio {aniso:.2f} > {t['anisotropy_max']:.2f})")
+    if area is not None:
+        parts.append(_ramp(area, t["area_change_max"], 1.0))
+        if not area <= t["area_change_max"]:
+            reasons.append(f"implausible area change ({area:.2f}x the tissue-area ratio > {t['area_change_max']:.0f}x)")
+    jmin = (deformation or {}).get("jacobian_min")
+    if jmin is not None and (deformation or {}).get("kept", True):
+        feats["jacobian_min"] = float(jmin)
+        if not float(jmin) > t["jacobian_min"]:
+            reasons.append(f"the deformation folds (Jacobian minimum {float(jmin):.2f} <= 0)")
+            parts.append(0.0)
+    start, final = (init or {}).get("start_score"), (init or {}).get("final_score")
+    if start is not None and final is not None:
+        feats["gain"] = float(final) - float(start)
+    score = min(parts) if parts else 0.0
+    return QualityRecord(score=round(score, 4), flagged=bool(reasons), reasons=tuple(reasons), features=feats)
+
+
+def assess(fixed: Any, moving: Any, matrix: Any, *, init: Mapping[str, Any] | None = None,
+           deformation: Mapping[str, Any] | None = None, size: int = QC_SIZE) -> QualityRecord:
+    """The quality of a registration of ``moving`` onto ``fixed`` by ``matrix``, without landmarks.
+
+    Parameters
+    ----------
+    fixed, moving : array_like, shape (H, W) or (H, W, C)
+        The two images at any level (shrunk to at most ``size`` px here).
+    matrix : array_like, shape (3, 3)
+        Fixed -> moving in the pixels of the arrays given (the linear part of a deformable map).
+    init, deformation : mapping, optional
+        The registration's ``init`` (``start_score``, ``final_score``) and ``deformation``
+        (``jacobian_min``) records.
+    size : int
+
+    Returns
+    -------
+    QualityRecord
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> img = np.full((96, 96), 230.0)
+    >>> img[20:70, 25:80] = rng.normal(110, 35, (50, 55))
+    >>> assess(img, img, np.eye(3)).flagged
+    False
+    >>> assess(img, img, [[1, 0, 30], [0, 1, 0], [0, 0, 1]]).flagged
+    True
+    """
+    return judge(measure(fixed, moving, matrix, size=size), init=init, deformation=deformation)
