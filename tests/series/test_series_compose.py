@@ -103,3 +103,16 @@ def test_noisy_links_compose_with_landmark_errors_and_a_stack(series):
     stack = np.asarray(group["0"])
     assert stack.shape == (4, 3, 64, 72)
     np.testing.assert_array_equal(stack[1].transpose(1, 2, 0), np.asarray(Image.open(tmp / "s1.png")))
+
+
+def test_run_hook_composes_finished_series_once_and_logs_one_line(series):
+    from drmime_batch.cli._cmd_series import compose_after_run
+
+    queue, plan, tmp = series
+    lines: list[str] = []
+    compose_after_run(queue, warp=False, log=lines.append)
+    assert lines == []  # links pending: nothing to compose yet
+    _finish(queue, plan, fail={"S--s1--s0"})
+    compose_after_run(queue, warp=False, log=lines.append)
+    compose_after_run(queue, warp=False, log=lines.append)  # unchanged since: not again
+    assert lines == ["series S: partial (missing s0)"]
