@@ -116,6 +116,10 @@ def _run_batch(args: argparse.Namespace, *, queue_path: Path) -> int:
                     view.log(f"scheduler {info.get('address')} with {len(info.get('workers', {}))} worker(s)",
                              style="dim")
                 summary = run_queue(queue, client, options=options, on_event=view, stop=stop)
+                if not summary.interrupted:  # series whose links are all finished get their transforms
+                    from drmime_batch.cli._cmd_series import compose_after_run
+
+                    compose_after_run(queue, warp=options.warp, log=view.log)
         rows = queue.rows()
     if args.json:
         print(json.dumps([_status_dict(r) for r in rows], indent=2))

@@ -1,0 +1,215 @@
+"""Composing a series once its links are finished: per-slide transforms, landmark errors, the stack.
+
+Reads the plan and the finished links from the queue, solves for every slide's transform into the
+reference frame (:func:`~drmime_batch.series._consistent.solve_consistent`), writes them as
+``STORE/ID/<slide_id>/transform`` (so ``open_transform(STORE, "ID/<slide_id>")`` reads them), scores
+them against the slides' landmarks and records a summary in the queue (``series-status``).
+
+Deformable links contribute their matrix (linear part) only: composing displacement fields along a
+series is not done yet.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from drmime_batch.errors import DrmimeError
+from drmime_batch.queue import Queue
+from drmime_batch.queue._series_table import get_series, series_ids, set_composed
+from drmime_batch.series._consistent import LinkMatrix, solve_consistent
+from drmime_batch.series._plan import SeriesPlan
+
+__all__ = ["compose_finished", "compose_series", "link_weight"]
+
+_FALLBACK_WEIGHT = 0.1  # a link whose registration kept its start is trusted less
+
+
+def link_weight(distance: int, outcome: Any) -> float:
+    """A link's weight: ``1 / distance`` in sections, a tenth of it when the registration kept its start.
+
+    Examples
+    --------
+    >>> link_weight(2, None)
+    0.5
+    """
+    weight = 1.0 / max(int(distance), 1)
+    init = (getattr(outcome, "registration", None) or {}).get("init") or {}
+    if isinstance(init, dict) and init.get("fallback"):
+        weight *= _FALLBACK_WEIGHT
+    return weight
+
+
+def _fingerprint(rows: list[Any]) -> list[list[Any]]:
+    return [[r.pair_id, r.state, r.finished_at] for r in rows]
+
+
+def _missing_reason(slide_id: str, plan: SeriesPlan, rows: dict[str, Any]) -> str:
+    parts = []
+    for link in plan.links:
+        if slide_id in (link.fixed, link.moving):
+            row = rows.get(link.pair_id)
+            state = row.state if row is not None else "not in queue"
+            error = f" ({row.error})" if row is not None and row.error else ""
+            parts.append(f"{link.pair_id} {state}{error}")
+    return "no finished link joins it to the reference: " + "; ".join(parts)
+
+
+def _landmarks(matrix: np.ndarray, ref: Any, slide: Any, ref_shape: Any, pixel_size: Any) -> dict[str, Any] | None:
+    if ref.landmarks is None or slide.landmarks is None or not ref_shape:
+        return None
+    from drmime_batch.evaluation import evaluate_matrix, read_landmarks
+
+    scores = evaluate_matrix(matrix, read_landmarks(ref.landmarks), read_landmarks(slide.landmarks),
+                             fixed_shape=ref_shape, pixel_size=pixel_size)
+    return scores.to_dict()
+
+
+def compose_series(
+    queue: Queue,
+    series_id: str,
+    *,
+    warp: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Compose one series from its finished links; returns (and records) its summary.
+
+    Parameters
+    ----------
+    queue : Queue
+        The queue holding the series.
+    series_id : str
+    warp : bool
+        Also write ``STORE/ID/stack`` (every placed slide warped into the reference frame).
+    log : callable, optional
+        Receives one line per step.
+
+    Returns
+    -------
+    dict
+        ``series_id``, ``reference``, ``state`` (``composed``: every slide placed; ``partial``:
+        some missing; ``waiting``: links still pending or running, nothing written), ``slides``
+        (per slide: ``state`` reference/placed/missing, ``path`` of pair ids, ``error``, landmark
+        scores into the reference frame and those of plain chaining), ``missing``, ``links``,
+        ``iterations``, ``stack``.
+
+    Raises
+    ------
+    QueueError
+        No such series.
+    """
+    from drmime_batch.io import write_transform
+    from drmime_batch.io._atomic import remove_path
+    from drmime_batch.io._fs import join, location
+    from drmime_batch.io._writers import _ensure_groups
+    from drmime_batch.outcome import PairOutcome
+
+    say = log or (lambda line: None)
+    record = get_series(queue, series_id)
+    plan = SeriesPlan.from_dict(record["plan"])
+    rows = {r.pair_id: r for r in queue.rows(pair_ids=[k.pair_id for k in plan.links])}
+    states = {k.pair_id: (rows[k.pair_id].state if k.pair_id in rows else "missing") for k in plan.links}
+    summary: dict[str, Any] = {
+        "series_id": series_id, "reference": plan.reference, "out": record["out"],
+        "links": {s: sum(v == s for v in states.values()) for s in sorted(set(states.values()))},
+        "fingerprint": _fingerprint(list(rows.values())),
+    }
+    if any(s in ("pending", "running") for s in states.values()):
+        summary.update(state="waiting", slides=[], missing=[])
+        return summary
+    links: list[LinkMatrix] = []
+    shapes: dict[str, tuple[int, ...]] = {}
+    pixel_sizes: dict[str, tuple[float, float]] = {}
+    outcomes: dict[str, Any] = {}
+    for k in plan.links:
+        row = rows.get(k.pair_id)
+        if row is None or row.state != "done" or row.matrix is None:
+            continue
+        outcome = PairOutcome.from_row(row)
+        outcomes[k.pair_id] = outcome
+        links.append(LinkMatrix(k.fixed, k.moving, np.asarray(row.matrix, dtype=np.float64),
+                                link_weight(k.distance, outcome), k.pair_id))
+        for slide_id, side in ((k.fixed, outcome.fixed), (k.moving, outcome.moving)):
+            if side is not None and side.shape:
+                shapes.setdefault(slide_id, tuple(side.shape))
+                if side.pixel_size is not None:
+                    pixel_sizes.setdefault(slide_id, side.pixel_size)
+    ref = plan.slide(plan.reference)
+    if plan.reference not in shapes:
+        from drmime_batch.evaluation._batch import image_shape
+
+        try:
+            shapes[plan.reference] = image_shape(ref.path)
+        except (DrmimeError, OSError):
+            pass
+    ref_shape = shapes.get(plan.reference)
+    solution = solve_consistent(plan.reference, plan.slide_ids, links, frame_shape=ref_shape)
+    store = join(location(record["out"]), series_id)
+    _ensure_groups(location(record["out"]), store)  # STORE itself when no pair wrote there (all failed)
+    slides_out = []
+    for slide in plan.slides:
+        sid = slide.slide_id
+        entry: dict[str, Any] = {"slide_id": sid, "path": slide.path}
+        if sid in solution.transforms:
+            matrix = solution.transforms[sid]
+            entry.update(state="reference" if sid == plan.reference else "placed",
+                         links=solution.paths.get(sid, []), matrix=matrix.tolist())
+            write_transform(
+                store, sid, matrix,
+                attrs={"series": {"series_id": series_id, "reference": plan.reference, "slide": sid,
+                                  "method": "lie-algebraic least squares over the series' links",
+                                  "chain": solution.paths.get(sid, []), "iterations": solution.iterations},
+                       "fixed": ref.path, "moving": slide.path,
+                       "fixed_shape": list(ref_shape) if ref_shape else None,
+                       "moving_shape": list(shapes[sid]) if sid in shapes else None},
+                fixed_pixel_size=pixel_sizes.get(plan.reference), moving_pixel_size=pixel_sizes.get(sid),
+            )
+            try:
+                entry["landmarks"] = _landmarks(matrix, ref, slide, ref_shape, pixel_sizes.get(sid))
+                chained = _landmarks(solution.chained[sid], ref, slide, ref_shape, pixel_sizes.get(sid))
+                entry["chain_landmarks"] = chained
+            except DrmimeError as exc:
+                entry["landmarks_error"] = " ".join(str(exc).split())
+        else:
+            entry.update(state="missing", error=_missing_reason(sid, plan, rows))
+            remove_path(join(store, sid))  # a transform of an earlier composition is no longer backed
+        slides_out.append(entry)
+        say(f"{series_id}/{sid}: {entry['state']}" + (f" ({entry['error']})" if "error" in entry else ""))
+    missing = [s["slide_id"] for s in slides_out if s["state"] == "missing"]
+    summary.update(
+        state="partial" if missing else "composed", slides=slides_out, missing=missing,
+        iterations=solution.iterations, residuals=solution.residuals, composed_at=time.time(), stack=None,
+    )
+    if warp:
+        from drmime_batch.series._stack import write_stack
+
+        stack = join(store, "stack")
+        write_stack(stack, [(s.slide_id, s.path, solution.transforms.get(s.slide_id)) for s in plan.slides],
+                    reference_path=ref.path, pixel_size=pixel_sizes.get(plan.reference),
+                    attributes={"series_id": series_id, "reference": plan.reference})
+        summary["stack"] = str(stack)
+        say(f"{series_id}: stack written to {stack}")
+    set_composed(queue, series_id, summary)
+    return summary
+
+
+def compose_finished(queue: Queue, *, warp: bool = True, log: Callable[[str], None] | None = None
+                     ) -> list[dict[str, Any]]:
+    """Compose every series of ``queue`` whose links are all finished and changed since its last composition.
+
+    Returns the summaries of the series composed now (none when the queue holds no series).
+    """
+    done = []
+    for series_id in series_ids(queue):
+        record = get_series(queue, series_id)
+        plan = SeriesPlan.from_dict(record["plan"])
+        rows = queue.rows(pair_ids=[k.pair_id for k in plan.links])
+        if any(r.state in ("pending", "running") for r in rows):
+            continue
+        last = record["composed"] or {}
+        if last.get("fingerprint") == _fingerprint(rows) and (last.get("stack") or not warp):
+            continue
+        done.append(compose_series(queue, series_id, warp=warp, log=log))
+    return done

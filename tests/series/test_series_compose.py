@@ -1,0 +1,118 @@
+"""Composing a series from its finished links (no cluster: the links are finished by hand)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from drmime_batch.cli import main
+from drmime_batch.queue import Queue
+from drmime_batch.series import compose_finished, compose_series, plan_series, read_slides, submit_series
+from drmime_batch.transforms import open_transform
+
+
+def _shift(x: float, y: float) -> np.ndarray:
+    return np.array([[1.0, 0.0, x], [0.0, 1.0, y], [0.0, 0.0, 1.0]])
+
+
+#: reference (s1) pixel -> slide pixel
+TRUTH = {"s0": _shift(-3, 2), "s1": np.eye(3), "s2": _shift(4, 1), "s3": _shift(9, -2)}
+
+
+@pytest.fixture()
+def series(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = ["slide_id,path,landmarks"]
+    ref_points = np.array([[10.0, 12.0], [40.0, 20.0], [30.0, 50.0]])
+    for sid, t in TRUTH.items():
+        Image.fromarray(rng.integers(0, 255, (64, 72, 3), dtype=np.uint8)).save(tmp_path / f"{sid}.png")
+        pts = (t @ np.c_[ref_points, np.ones(3)].T)[:2].T
+        (tmp_path / f"{sid}.csv").write_text(",X,Y\n" + "".join(f"{i},{x},{y}\n" for i, (x, y) in enumerate(pts)))
+        lines.append(f"{sid},{sid}.png,{sid}.csv")
+    (tmp_path / "slides.csv").write_text("\n".join(lines) + "\n")
+    plan = plan_series("S", read_slides(tmp_path / "slides.csv"), reference="s1")
+    queue = Queue.open(tmp_path / "q.sqlite", create=True)
+    submit_series(queue, plan, out=tmp_path / "o.zarr")
+    yield queue, plan, tmp_path
+    queue.close()
+
+
+def _finish(queue, plan, *, fail=(), noise=0.0):
+    rng = np.random.default_rng(1)
+    for k in plan.links:
+        queue.claim(k.pair_id)
+        if k.pair_id in fail:
+            queue.fail(k.pair_id, f"cannot read image {k.moving}.png: truncated file")
+            continue
+        m = TRUTH[k.moving] @ np.linalg.inv(TRUTH[k.fixed]) @ _shift(*rng.normal(0, noise, 2))
+        queue.finish(k.pair_id, matrix=m.tolist(), result={}, seconds=1.0)
+
+
+def test_compose_writes_every_slide_in_the_reference_frame(series):
+    queue, plan, tmp = series
+    assert compose_series(queue, "S", warp=False)["state"] == "waiting"  # links still pending
+    _finish(queue, plan)
+    summary = compose_series(queue, "S", warp=False)
+    assert summary["state"] == "composed" and summary["missing"] == []
+    for sid, truth in TRUTH.items():
+        t = open_transform(tmp / "o.zarr", f"S/{sid}")
+        np.testing.assert_allclose(t.matrix, truth, atol=1e-9)
+        assert t.attrs["series"]["reference"] == "s1" and t.image_path("moving").endswith(f"{sid}.png")
+    by_slide = {s["slide_id"]: s for s in summary["slides"]}
+    assert by_slide["s1"]["state"] == "reference"
+    assert by_slide["s3"]["landmarks"]["tre_max_px"] < 1e-6
+    assert by_slide["s3"]["landmarks"]["identity_rtre_median"] > 0
+    assert compose_finished(queue, warp=False) == []  # nothing changed since
+
+
+def test_a_failed_link_is_routed_around_and_a_cut_off_slide_is_named(series, capsys):
+    queue, plan, tmp = series
+    # s3 hangs on s2 (neighbour) and s1 (skip): without s2--s3 it is reached through s1 directly;
+    # s0 has one link only: when it fails, s0 is missing and the others are still written
+    _finish(queue, plan, fail={"S--s2--s3", "S--s1--s0"})
+    summary = compose_series(queue, "S", warp=False)
+    np.testing.assert_allclose(open_transform(tmp / "o.zarr", "S/s3").matrix, TRUTH["s3"], atol=1e-9)
+    assert summary["state"] == "partial" and summary["missing"] == ["s0"]
+    (s0,) = [s for s in summary["slides"] if s["slide_id"] == "s0"]
+    assert "S--s1--s0 failed (cannot read image s0.png: truncated file)" in s0["error"]
+    assert not (tmp / "o.zarr" / "S" / "s0").exists()
+    assert main(["series-status", "--queue", str(tmp / "q.sqlite")]) == 0
+    out = capsys.readouterr().out
+    assert "series S: 4 slides, reference s1" in out and "s0" in out and "missing" in out
+    assert main(["series-status", "--queue", str(tmp / "q.sqlite"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)[0]
+    assert record["composed"]["missing"] == ["s0"] and len(record["links"]) == len(plan.links)
+
+
+def test_noisy_links_compose_with_landmark_errors_and_a_stack(series):
+    queue, plan, tmp = series
+    _finish(queue, plan, noise=0.5)
+    (summary,) = compose_finished(queue, warp=True)
+    assert summary["state"] == "composed"
+    for s in summary["slides"]:
+        if s["state"] == "placed":
+            assert s["landmarks"]["tre_median_px"] < 2.0 and s["chain_landmarks"] is not None
+    import zarr
+
+    group = zarr.open_group(str(tmp / "o.zarr" / "S" / "stack"), mode="r")
+    assert [a["name"] for a in group.attrs["ome"]["multiscales"][0]["axes"]] == ["z", "c", "y", "x"]
+    assert group.attrs["ome"]["version"] == "0.5"
+    stack = np.asarray(group["0"])
+    assert stack.shape == (4, 3, 64, 72)
+    np.testing.assert_array_equal(stack[1].transpose(1, 2, 0), np.asarray(Image.open(tmp / "s1.png")))
+
+
+def test_run_hook_composes_finished_series_once_and_logs_one_line(series):
+    from drmime_batch.cli._cmd_series import compose_after_run
+
+    queue, plan, tmp = series
+    lines: list[str] = []
+    compose_after_run(queue, warp=False, log=lines.append)
+    assert lines == []  # links pending: nothing to compose yet
+    _finish(queue, plan, fail={"S--s1--s0"})
+    compose_after_run(queue, warp=False, log=lines.append)
+    compose_after_run(queue, warp=False, log=lines.append)  # unchanged since: not again
+    assert lines == ["series S: partial (missing s0)"]
