@@ -87,6 +87,32 @@ class DisplacementField:
                  for c in range(2)]
         return np.stack(parts, 1)
 
+    def on_grid(self, xs: Any, ys: Any) -> Array:
+        """``d`` at every pixel of the grid ``xs`` (columns) x ``ys`` (rows): ``(2, len(ys), len(xs))``.
+
+        Separable bilinear interpolation (the field is bilinear in cells of an axis-aligned grid):
+        a few array operations per block instead of a per-pixel lookup, the same values as
+        :meth:`displacement`.
+
+        Examples
+        --------
+        >>> f = DisplacementField(np.arange(8.0).reshape(2, 2, 2), np.zeros((2, 2, 2)), origin=(0, 0), spacing=(4, 4))
+        >>> bool(np.allclose(f.on_grid([1.0, 3.0], [2.0])[:, 0, :].T, f.displacement([[1.0, 2.0], [3.0, 2.0]])))
+        True
+        """
+        gh, gw = self.grid_shape
+
+        def axis(v: Any, origin: float, spacing: float, n: int) -> tuple[NDArray[np.intp], Array]:
+            g = np.clip((np.asarray(v, dtype=np.float64) - origin) / spacing, 0, n - 1)
+            i0 = np.minimum(np.floor(g).astype(np.intp), n - 2)
+            return i0, g - i0
+
+        ix, fx = axis(xs, self.origin[0], self.spacing[0], gw)
+        iy, fy = axis(ys, self.origin[1], self.spacing[1], gh)
+        rows = (self.forward[:, iy, :] * (1 - fy)[None, :, None] + self.forward[:, iy + 1, :] * fy[None, :, None])
+        out: Array = rows[:, :, ix] * (1 - fx) + rows[:, :, ix + 1] * fx
+        return out
+
     def invert(self, xy: Any, *, iterations: int = 8) -> Array:
         """The fixed pixels ``p`` with ``p + d(p) = xy``: the stored inverse, polished by fixed-point steps.
 

@@ -58,14 +58,23 @@ def _kernel_py(
     is_int: bool,
     lo: float,
     hi: float,
+    disp: np.ndarray,
 ) -> None:
-    """Reference kernel, also the numba source: ``out[i, j] = src(m @ (x0 + j, y0 + i, 1))``."""
+    """Reference kernel, also the numba source: ``out[i, j] = src(m @ (x0 + j, y0 + i, 1))``.
+
+    ``disp`` (bh, bw, 2), when not empty, is added to each output pixel before the matrix (a
+    deformable transform's displacement, ``M (p + d(p))``).
+    """
     bh, bw, nc = out.shape
     h, w = src.shape[0], src.shape[1]
+    has_disp = disp.shape[0] > 0
     for i in range(bh):
-        yo = float(y0 + i)
         for j in range(bw):
+            yo = float(y0 + i)
             xo = float(x0 + j)
+            if has_disp:
+                xo += disp[i, j, 0]
+                yo += disp[i, j, 1]
             den = m[2, 0] * xo + m[2, 1] * yo + m[2, 2]
             if den <= 0.0:
                 for c in range(nc):
@@ -117,6 +126,8 @@ def _kernel_py(
                         v = min(max(np.floor(v + 0.5), lo), hi)
                     out[i, j, c] = v
 
+
+_NO_DISP = np.zeros((0, 0, 2), dtype=np.float64)
 
 _kernel_nb = (
     _numba.njit(nogil=True, cache=True, error_model="numpy")(_kernel_py) if _numba is not None else None
@@ -192,7 +203,8 @@ def resample_window(
             info = np.iinfo(src.dtype) if is_int else None
             lo = float(info.min) if info is not None else 0.0
             hi = float(info.max) if info is not None else 0.0
-            _kernel_nb(src3, m, int(origin[0]), int(origin[1]), out, int(order), float(cval), is_int, lo, hi)
+            _kernel_nb(src3, m, int(origin[0]), int(origin[1]), out, int(order), float(cval), is_int, lo, hi,
+                       _NO_DISP)
         else:
             _resample_scipy(src3, m, int(origin[0]), int(origin[1]), out, order, cval)
     return out[..., 0] if squeeze else out
@@ -231,6 +243,32 @@ def _source_window(
     return wy0, wy1, wx0, wx1
 
 
+def _warp_block_displaced(
+    source: LevelSource | np.ndarray, matrix: np.ndarray, disp: np.ndarray, y0: int, y1: int, x0: int, x1: int,
+    order: int, cval: float,
+) -> np.ndarray:
+    """One block through ``M (p + d(p))`` with ``d`` given per output pixel, by the compiled kernel."""
+    assert _kernel_nb is not None
+    shape = source.shape
+    out_shape = (y1 - y0, x1 - x0, *shape[2:])
+    reach = int(np.ceil(np.abs(disp).max())) + 1 if disp.size else 0  # the box, widened by the field
+    window = _source_window(matrix, y0 - reach, y1 + reach, x0 - reach, x1 + reach, shape)
+    if window is None:
+        return np.full(out_shape, cval, dtype=source.dtype)
+    wy0, wy1, wx0, wx1 = window
+    src = np.asarray(source[wy0:wy1, wx0:wx1])
+    src3 = src[..., None] if src.ndim == 2 else src
+    to_window = np.array([[1.0, 0.0, -wx0], [0.0, 1.0, -wy0], [0.0, 0.0, 1.0]]) @ matrix
+    out = np.empty((y1 - y0, x1 - x0, src3.shape[2]), dtype=src.dtype)
+    is_int = bool(np.issubdtype(src.dtype, np.integer))
+    info = np.iinfo(src.dtype) if is_int else None
+    lo = float(info.min) if info is not None else 0.0
+    hi = float(info.max) if info is not None else 0.0
+    _kernel_nb(src3, np.ascontiguousarray(to_window), int(y0), int(x0), out, int(order), float(cval), is_int, lo, hi,
+               disp)
+    return out.reshape(out_shape)
+
+
 def _warp_block_field(
     source: LevelSource | np.ndarray,
     matrix: np.ndarray,
@@ -247,16 +285,19 @@ def _warp_block_field(
 
     The block computes its own coordinates and reads its own window of the source.
     """
-    from scipy import ndimage
-
     shape = source.shape
     out_shape = (y1 - y0, x1 - x0, *shape[2:])
-    yy, xx = np.mgrid[y0:y1, x0:x1]
-    p = np.c_[xx.ravel(), yy.ravel()].astype(np.float64)
+    xs, ys = np.arange(x0, x1, dtype=np.float64), np.arange(y0, y1, dtype=np.float64)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
     if inverse_field:  # matrix is M^-1 here: the inverse map of a deformable transform
+        p = np.c_[xx.ravel(), yy.ravel()]
         q = field.invert(map_points(matrix, None, p))
-    else:
-        q = map_points(matrix, field, p)
+    else:  # the displacement of a whole block at once (separable), then the matrix
+        d = field.on_grid(xs, ys)
+        if _kernel_nb is not None:  # compiled: one pass, no per-pixel temporaries
+            return _warp_block_displaced(source, matrix, np.ascontiguousarray(d.transpose(1, 2, 0)),
+                                         y0, y1, x0, x1, order, cval)
+        q = map_points(matrix, None, np.c_[(xx + d[0]).ravel(), (yy + d[1]).ravel()])
     ok = np.isfinite(q).all(axis=1)
     if not ok.any():
         return np.full(out_shape, cval, dtype=source.dtype)
@@ -266,17 +307,36 @@ def _warp_block_field(
     if wx1 <= wx0 or wy1 <= wy0:
         return np.full(out_shape, cval, dtype=source.dtype)
     src = np.asarray(source[wy0:wy1, wx0:wx1])
-    src3 = src.reshape(*src.shape[:2], -1)
-    coords = [q[:, 1] - wy0, q[:, 0] - wx0]
-    out = np.empty((q.shape[0], src3.shape[2]), dtype=src.dtype)
-    for c in range(src3.shape[2]):
-        values = ndimage.map_coordinates(src3[..., c].astype(np.float64), coords, order=order, mode="grid-constant",
-                                         cval=cval)
-        if np.issubdtype(src.dtype, np.integer):
-            info = np.iinfo(src.dtype)
-            values = np.clip(np.rint(values), info.min, info.max)
-        out[:, c] = values
-    return out.reshape(out_shape)
+    values = _gather(src.reshape(*src.shape[:2], -1), q[:, 0] - wx0, q[:, 1] - wy0, order, cval)
+    if np.issubdtype(src.dtype, np.integer):
+        info = np.iinfo(src.dtype)
+        values = np.clip(np.rint(values), info.min, info.max)
+    return values.astype(src.dtype).reshape(out_shape)
+
+
+def _gather(src: np.ndarray, x: np.ndarray, y: np.ndarray, order: int, cval: float) -> np.ndarray:
+    """Values of ``src`` (h, w, c) at points ``(x, y)``: nearest or bilinear, ``cval`` outside.
+
+    The semantics of ``scipy.ndimage.map_coordinates(..., mode="grid-constant")``: a bilinear point
+    within a pixel of the border blends with ``cval``. All channels at once, in float32.
+    """
+    h, w = src.shape[:2]
+
+    def pick(iy: np.ndarray, ix: np.ndarray) -> np.ndarray:
+        inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+        vals: np.ndarray = src[np.clip(iy, 0, h - 1), np.clip(ix, 0, w - 1)].astype(np.float32)
+        vals[~inside] = cval
+        return vals
+
+    if order == 0:
+        return pick(np.floor(y + 0.5).astype(np.intp), np.floor(x + 0.5).astype(np.intp))
+    fx0, fy0 = np.floor(x), np.floor(y)
+    ix, iy = fx0.astype(np.intp), fy0.astype(np.intp)
+    ax, ay = (x - fx0).astype(np.float32)[:, None], (y - fy0).astype(np.float32)[:, None]
+    top = pick(iy, ix) * (1 - ax) + pick(iy, ix + 1) * ax
+    bottom = pick(iy + 1, ix) * (1 - ax) + pick(iy + 1, ix + 1) * ax
+    out: np.ndarray = top * (1 - ay) + bottom * ay
+    return out
 
 
 def _warp_block(
