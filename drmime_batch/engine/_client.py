@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+import dask
+
 from drmime_batch.errors import ClusterConfigError
 
 if TYPE_CHECKING:
@@ -134,7 +136,8 @@ def open_client(
                 client = Client(
                     address=scheduler,
                     scheduler_file=str(scheduler_file) if scheduler_file else None,
-                    timeout="30s",
+                    # dask's connect timeout (30 s unless DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT says)
+                    timeout=dask.config.get("distributed.comm.timeouts.connect", "30s"),
                     **kwargs,
                 )
             except (OSError, TimeoutError) as exc:

@@ -43,8 +43,9 @@ def _tool(folder: Path, name: str, script: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
 
-def _cli(*args: object, cwd: Path, path_prefix: Path | None = None, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _cli(*args: object, cwd: Path, path_prefix: Path | None = None, timeout: float = 90,
+         extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(extra_env or {})}
     env.pop("DASK_SCHEDULER_ADDRESS", None)
     if path_prefix is not None:
         env["PATH"] = f"{path_prefix}{os.pathsep}{env.get('PATH', '')}"
@@ -107,12 +108,12 @@ def test_config_without_jobqueue_section_is_refused(tmp_path, queue):
 
 @pytest.mark.slow
 def test_scheduler_not_running_is_one_line(tmp_path, queue):
-    """Nothing listens at the address: refused after the client's connect timeout (30 s)."""
+    """Nothing listens at the address: refused after the client's connect timeout (dask's, 3 s here)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     line = _one_error_line(_cli("run", "--queue", queue, "--scheduler", f"tcp://127.0.0.1:{port}", "--quiet",
-                                cwd=tmp_path))
+                                cwd=tmp_path, extra_env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "3s"}))
     assert f"cannot reach tcp://127.0.0.1:{port}" in line, line
     assert _pending(queue) == {"pending"}
 
