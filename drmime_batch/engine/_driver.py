@@ -302,8 +302,8 @@ class _Driver:
         self.failed.append(pair_id)
         self.emit(RunEvent("failed", pair_id=pair_id, row=self._row(pair_id), message=error))
 
-    def _requeue(self, pair_id: str, why: str) -> None:
-        if self.q.requeue(pair_id, why):
+    def _requeue(self, pair_id: str, why: str, *, count: bool = True) -> None:
+        if self.q.requeue(pair_id, why, count=count):
             self.requeued.append(pair_id)
             self.emit(RunEvent("requeued", pair_id=pair_id, message=why))
 
@@ -346,7 +346,7 @@ class _Driver:
                 self.emit(RunEvent("log", pair_id=pair_id,
                                    message=f"{pair_id}: worker lost, retrying ({row.attempts}/{self.opt.max_attempts})"))
             elif self.stop.is_set():
-                self._requeue(pair_id, "interrupted")
+                self._requeue(pair_id, "interrupted", count=False)
             else:
                 error = f"workers died {row.attempts} times running it: {_one_line(exc)}"
                 self._fail(pair_id, error, PairOutcome.failed(pair_id, error, failure="worker"))
@@ -365,7 +365,7 @@ class _Driver:
             if exc is None:
                 self._finish(pair_id, outcome, seconds)
             elif self.stop.is_set():
-                self._requeue(pair_id, "interrupted while warping")
+                self._requeue(pair_id, "interrupted while warping", count=False)
             else:
                 self._fail(pair_id, f"warping {pair_id}: {_one_line(exc)}", _failed_by(outcome, exc))
         return bool(finished)
@@ -424,7 +424,7 @@ class _Driver:
         except Exception:  # noqa: BLE001
             with_client = False
         for key, (pair_id, _task) in list(self.inflight.items()):
-            self._requeue(pair_id, "interrupted")
+            self._requeue(pair_id, "interrupted", count=False)
         if with_client and self.inflight:
             try:
                 self.client.cancel(list(self.ac.futures), force=True)
@@ -433,7 +433,7 @@ class _Driver:
         self.inflight.clear()
         for wf, (pair_id, _r, _t) in list(self.warps.items()):
             wf.cancel()
-            self._requeue(pair_id, "interrupted while warping")
+            self._requeue(pair_id, "interrupted while warping", count=False)
         self.warps.clear()
         self.warp_pool.shutdown(wait=False, cancel_futures=True)
         self.ac.clear()

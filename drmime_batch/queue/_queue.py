@@ -789,13 +789,19 @@ class Queue:
             )
         )
 
-    def requeue(self, pair_id: str, error: str | None = None) -> bool:
-        """``running`` → ``pending`` (worker lost, driver stopped); keeps the attempt count."""
+    def requeue(self, pair_id: str, error: str | None = None, *, count: bool = True) -> bool:
+        """``running`` → ``pending`` (worker lost, driver stopped).
+
+        ``count=False`` takes back the attempt that started it: a run the user stopped (Ctrl-C,
+        SIGTERM) says nothing about the pair, and several stopped runs must not use up its
+        attempts. A lost worker keeps its attempt (it may be the pair that killed the worker).
+        """
+        back = 0 if count else 1
         return bool(
             self._update(
-                "UPDATE pairs SET state='pending', error=?, traceback=NULL, updated_at=? "
-                "WHERE pair_id=? AND state='running'",
-                (error, time.time(), pair_id),
+                "UPDATE pairs SET state='pending', error=?, traceback=NULL, attempts=MAX(attempts - ?, 0), "
+                "updated_at=? WHERE pair_id=? AND state='running'",
+                (error, back, time.time(), pair_id),
             )
         )
 

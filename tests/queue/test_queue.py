@@ -164,3 +164,16 @@ def test_checking_options_at_submit_does_not_import_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "False"]
+
+
+def test_a_stopped_run_does_not_use_up_attempts(tmp_path):
+    """Requeued after a user stop (count=False) the attempt is taken back; after a lost worker it stays."""
+    entries = [ManifestEntry(pair_id="p1", fixed=str(tmp_path / "f.png"), moving=str(tmp_path / "m.png"))]
+    with Queue.open(tmp_path / "q.sqlite", create=True) as q:
+        q.add(entries, out=tmp_path / "out.zarr")
+        for _ in range(3):  # three runs stopped by the user while the pair ran
+            assert q.claim("p1")
+            assert q.requeue("p1", "interrupted", count=False)
+        assert q.get("p1").attempts == 0 and q.get("p1").state == "pending"
+        assert q.claim("p1") and q.requeue("p1", "worker lost")
+        assert q.get("p1").attempts == 1
