@@ -164,16 +164,7 @@ def _sample_pairs(
     Points are pool pixels plus a uniform sub-pixel jitter; ``mapping`` takes ``source`` pixel
     coordinates to ``target`` grid coordinates. Points landing outside ``target`` are dropped.
     """
-    device = source.device
-    h, w = source.shape[1:]
-    pick = pool[torch.randint(pool.shape[0], (n,), generator=gen).to(device)]
-    jitter = torch.rand(n, 2, generator=gen).to(device=device, dtype=torch.float64) - 0.5
-    px = torch.stack([(pick % w).double(), (pick // w).double()], 1) + jitter
-    mapped = torch.cat([px, torch.ones_like(px[:, :1])], 1) @ mapping.T
-    grid_t = mapped[:, :2] / mapped[:, 2:3]
-    inside = (grid_t.abs() <= 1.0).all(1)
-    grid_s = (px[inside] + 0.5) / torch.tensor([w, h], dtype=torch.float64, device=device) * 2 - 1
-    return _sample_values(source, grid_s.float()), _sample_values(target, grid_t[inside].float())
+    return _sample_mapped(source, target, pool, n, lambda px: _affine(mapping, px), gen)
 
 
 def _sample_mapped(
@@ -206,7 +197,12 @@ def _mine_values(
     net: StatisticsNetwork, xs: list[torch.Tensor], ys: list[torch.Tensor], gen: torch.Generator,
     ema_lme: list[float | None], rate: float,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per-level DV bounds and their bias-corrected surrogates (as in the linear loop)."""
+    """Per-level Donsker–Varadhan bounds and the surrogates whose gradients the optimiser follows.
+
+    With ``rate`` > 0, MINE's bias-corrected gradient: the mean of exp(T) in the denominator of
+    the gradient of log-mean-exp is replaced by its moving average over iterations (``ema_lme``,
+    updated in place), since a single minibatch's estimate biases the transform's gradient.
+    """
     sizes = [x.shape[0] for x in xs]
     x_all, y_all = torch.cat(xs), torch.cat(ys)
     offsets = np.cumsum([0] + sizes)
@@ -476,7 +472,7 @@ def optimise(
     for iteration in range(1, config.max_iterations + warmup + 1):
         shared = m0 @ exp_transform(theta, bases)
         fine = m0 @ exp_transform(theta + delta, bases)
-        xs, ys, sizes = [], [], []
+        xs, ys = [], []
         for lvl in range(n_levels):
             current = fine if lvl == 0 else shared
             n = n_points[lvl] // 2 if config.symmetric else n_points[lvl]
@@ -503,33 +499,9 @@ def optimise(
                 )
             xs.append(src_f)
             ys.append(dst_m)
-            sizes.append(src_f.shape[0])
 
         if config.metric == "mine":
-            x_all = torch.cat(xs)
-            y_all = torch.cat(ys)
-            offsets = np.cumsum([0] + sizes)
-            perm = torch.cat(
-                [torch.randperm(n, generator=gen) + int(o) for n, o in zip(sizes, offsets[:-1], strict=True)]
-            ).to(device)
-            scores = net(torch.cat([x_all, x_all]), torch.cat([y_all, y_all[perm]]))
-            joint, marginal = scores[: len(x_all)], scores[len(x_all) :]
-            values, surrogates = [], []
-            for lvl, (a, b) in enumerate(itertools.pairwise(offsets)):
-                log_mean_exp = torch.logsumexp(marginal[a:b], 0) - math.log(b - a)
-                values.append(joint[a:b].mean() - log_mean_exp)
-                if config.mine_ema > 0:
-                    # MINE's bias-corrected gradient: the mean of exp(T) in the denominator of the
-                    # gradient of log-mean-exp is replaced by its moving average over iterations,
-                    # since a single minibatch's estimate biases the transform's gradient.
-                    lme = float(log_mean_exp.detach())
-                    prev = ema_lme[lvl]
-                    ema_lme[lvl] = lme_ema = lme if prev is None else (
-                        (1 - config.mine_ema) * prev + config.mine_ema * lme
-                    )
-                    surrogates.append(joint[a:b].mean() - torch.exp(log_mean_exp - lme_ema))
-                else:
-                    surrogates.append(values[-1])
+            values, surrogates = _mine_values(net, xs, ys, gen, ema_lme, config.mine_ema)
         else:
             assert metric_fn is not None
             values = [metric_fn(x, y) for x, y in zip(xs, ys, strict=True)]
