@@ -129,6 +129,14 @@ def _kernel_py(
 
 _NO_DISP = np.zeros((0, 0, 2), dtype=np.float64)
 
+
+def _int_range(dtype: np.dtype[Any]) -> tuple[bool, float, float]:
+    """``(is_int, lo, hi)`` for the kernel: integer outputs are rounded and clipped to the dtype's range."""
+    if not np.issubdtype(dtype, np.integer):
+        return False, 0.0, 0.0
+    info = np.iinfo(dtype)
+    return True, float(info.min), float(info.max)
+
 _kernel_nb = (
     _numba.njit(nogil=True, cache=True, error_model="numpy")(_kernel_py) if _numba is not None else None
 )
@@ -199,10 +207,7 @@ def resample_window(
         if use_numba is None:
             use_numba = _kernel_nb is not None
         if use_numba and _kernel_nb is not None:
-            is_int = bool(np.issubdtype(src.dtype, np.integer))
-            info = np.iinfo(src.dtype) if is_int else None
-            lo = float(info.min) if info is not None else 0.0
-            hi = float(info.max) if info is not None else 0.0
+            is_int, lo, hi = _int_range(src.dtype)
             _kernel_nb(src3, m, int(origin[0]), int(origin[1]), out, int(order), float(cval), is_int, lo, hi,
                        _NO_DISP)
         else:
@@ -260,10 +265,7 @@ def _warp_block_displaced(
     src3 = src[..., None] if src.ndim == 2 else src
     to_window = np.array([[1.0, 0.0, -wx0], [0.0, 1.0, -wy0], [0.0, 0.0, 1.0]]) @ matrix
     out = np.empty((y1 - y0, x1 - x0, src3.shape[2]), dtype=src.dtype)
-    is_int = bool(np.issubdtype(src.dtype, np.integer))
-    info = np.iinfo(src.dtype) if is_int else None
-    lo = float(info.min) if info is not None else 0.0
-    hi = float(info.max) if info is not None else 0.0
+    is_int, lo, hi = _int_range(src.dtype)
     _kernel_nb(src3, np.ascontiguousarray(to_window), int(y0), int(x0), out, int(order), float(cval), is_int, lo, hi,
                disp)
     return out.reshape(out_shape)
