@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from drmime_batch.errors import LandmarkError
+from drmime_batch.transforms._points import read_text
 
 __all__ = ["map_geojson", "read_geojson", "write_geojson"]
 
@@ -205,12 +206,7 @@ def map_geojson(obj: Any, map_points: Callable[[np.ndarray], np.ndarray], *, nam
 
 def read_geojson(path: str | Path) -> Any:
     """Read a GeoJSON file (UTF-8 JSON); a missing or non-JSON file is a one-line LandmarkError."""
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise LandmarkError(f"GeoJSON file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LandmarkError(f"GeoJSON file {path} cannot be read as text: {exc}") from None
+    text = read_text(path, "GeoJSON file")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

@@ -62,6 +62,19 @@ def _number(text: str, path: str, line: int, column: str) -> float:
     return value
 
 
+def read_text(path: str | Path, kind: str) -> str:
+    """The text of a UTF-8 file (a BOM is dropped); missing or unreadable: a one-line LandmarkError.
+
+    ``kind`` names the file in the message (``"point file"``, ``"GeoJSON file"``).
+    """
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise LandmarkError(f"{kind} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LandmarkError(f"{kind} {path} cannot be read as text: {exc}") from None
+
+
 def read_points_csv(path: str | Path) -> PointsTable:
     """Read a point CSV with ``X`` and ``Y`` columns (ANHIR ``,X,Y``), keeping every column.
 
@@ -81,12 +94,7 @@ def read_points_csv(path: str | Path) -> PointsTable:
     (['', 'X', 'Y', 'name'], [[10.5, 20.0], [3.0, 4.0]])
     """
     name = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise LandmarkError(f"point file {name} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LandmarkError(f"point file {name} cannot be read as text: {exc}") from None
+    text = read_text(path, "point file")
     try:
         lines = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
     except csv.Error as exc:
