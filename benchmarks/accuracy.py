@@ -43,6 +43,7 @@ import logging
 import os
 import platform
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -274,7 +275,10 @@ class Methods:
             pmap["MaximumNumberOfThreads"] = [str(self.threads)]
             params.AddParameterMap(pmap)
         _, result = itk.elastix_registration_method(fixed, moving, parameter_object=params, log_to_console=False)
-        field = itk.transformix_deformation_field(moving, result)  # on the fixed grid: T(p) - p, physical = px
+        # transformix writes deformationField.nii into its output directory (the working directory
+        # by default): give it a throwaway one
+        with tempfile.TemporaryDirectory(prefix="drmime-transformix-") as tmp:
+            field = itk.transformix_deformation_field(moving, result, output_directory=tmp)  # T(p) - p, px
         d = np.moveaxis(np.asarray(field, dtype=np.float64), -1, 0)  # (2, H, W): dx, dy
         # the identity matrix after a dense displacement (only the forward map is scored here)
         return np.eye(3), DisplacementField(d, np.zeros_like(d), origin=(0, 0), spacing=(1, 1))
