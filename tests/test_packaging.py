@@ -43,6 +43,8 @@ PYPI_TO_CONDA: dict[str, str | None] = {
     "pyyaml": "pyyaml",
     "fsspec": "fsspec",
     "numba": "numba",
+    "jinja2": "jinja2",
+    "matplotlib": "matplotlib-base",  # conda-forge's matplotlib without a GUI toolkit
     "pytest": "pytest",
     "pytest-timeout": "pytest-timeout",
     "scikit-image": "scikit-image",

@@ -251,11 +251,18 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------- report
 def _report_rows(rows: list[Any]) -> list[dict[str, Any]]:
+    """The rows of :func:`~drmime_batch.evaluation.write_html_report`: the status dict, landmark figures
+    flat, the landmark files and the similarity curve (``loss_history`` of the registration record)."""
     out = []
     for row in rows:
         d = _status_dict(row)
         lm = d.pop("landmarks") or {}
         d.update({k: v for k, v in lm.items() if k not in d or d[k] is None})
+        registration = (d.get("outcome") or {}).get("registration") or {}
+        d.update(fixed_landmarks=row.fixed_landmarks, moving_landmarks=row.moving_landmarks,
+                 loss_history=registration.get("loss_history") or [],
+                 iterations=d.get("iterations") or registration.get("iterations"),
+                 metric=(d.get("outcome") or {}).get("metric") or registration.get("metric"))
         out.append(d)
     return out
 

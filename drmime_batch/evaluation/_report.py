@@ -1,8 +1,15 @@
-"""A static, offline HTML page of a batch: one row per pair, its figures and its QC overlay."""
+"""A static, offline HTML page of a batch, rendered from a Jinja2 template.
+
+Flagged pairs come first (then failed ones, then the rest), each with its quality score and
+reasons, its figures, a contrast-normalised overlay and a checkerboard of the fixed and registered
+images, its landmark error vectors (when the pair has landmarks), its similarity curve and the QC
+picture the worker wrote; over the batch, the median rTRE of each pair before and after
+registration. Pictures are PNG files beside ``index.html`` (relative links); the page loads
+nothing from the network. The markup is the template ``templates/report.html.j2`` (autoescaped).
+"""
 
 from __future__ import annotations
 
-import html
 import logging
 import math
 import re
@@ -10,26 +17,21 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
+from drmime_batch.errors import DrmimeError
 from drmime_batch.evaluation._scores import summarise
 
-__all__ = ["LANDMARK_KEYS", "write_html_report"]
+__all__ = ["LANDMARK_KEYS", "TEMPLATE", "order_rows", "write_html_report"]
 
 logger = logging.getLogger(__name__)
 
 #: Landmark figures shown when a row has them (flat keys or under ``row["landmarks"]``).
 LANDMARK_KEYS = ("rtre_median", "rtre_mean", "rtre_max", "naed", "robustness", "identity_rtre_median", "tre_median_px")
-
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin-bottom: 2em; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; vertical-align: top; }
-th { background: #f0f0f0; }
-td.text { text-align: left; }
-td.state-done { color: #1a7f37; } td.state-failed { color: #cf222e; }
-pre { margin: 0; font-size: 0.85em; }
-figure { display: inline-block; margin: 0 1em 1em 0; }
-figure img { max-width: 420px; border: 1px solid #ccc; }
-"""
+#: The page's template, in this package's ``templates`` folder.
+TEMPLATE = "report.html.j2"
+#: Errors that leave a pair's picture out of the report (said on the page) instead of failing it.
+_PICTURE_ERRORS = (DrmimeError, OSError, ValueError)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -60,9 +62,9 @@ def _landmark_value(row: Mapping[str, Any], key: str) -> Any:
     return None
 
 
-def _safe_name(index: int, pair_id: str) -> str:
+def _stem(index: int, pair_id: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", pair_id).strip("._") or "pair"
-    return f"{index:04d}-{stem[:80]}.png"
+    return f"{index:04d}-{stem[:80]}"
 
 
 def _fetch_url(url: str) -> bytes | None:
@@ -76,12 +78,193 @@ def _fetch_url(url: str) -> bytes | None:
         return None
 
 
-def write_html_report(rows: Sequence[Mapping[str, Any]], out_dir: Path, *, title: str) -> Path:
-    """Write ``out_dir/index.html``: a table of the pairs, a summary and each pair's QC overlay.
+def _qc(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    qc = row.get("qc")
+    return qc if isinstance(qc, Mapping) else {}
 
-    The page needs nothing but the folder: QC images are copied into ``out_dir/qc/`` and
-    referenced by relative paths; the CSS is inline. Writes files (``index.html`` atomically);
-    the rows are not modified.
+
+def _kind(row: Mapping[str, Any]) -> str:
+    """``flagged``, ``failed``, ``done`` or ``other`` (pending, running, cancelled)."""
+    state = str(row.get("state", ""))
+    if state == "done" and _qc(row).get("flagged"):
+        return "flagged"
+    return state if state in ("failed", "done") else "other"
+
+
+def order_rows(rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Indices of ``rows`` in report order: flagged pairs, then failed, then the rest (stable).
+
+    Examples
+    --------
+    >>> order_rows([{"state": "done"}, {"state": "failed"}, {"state": "done", "qc": {"flagged": True}}])
+    [2, 1, 0]
+    """
+    rank = {"flagged": 0, "failed": 1}
+    return sorted(range(len(rows)), key=lambda i: (rank.get(_kind(rows[i]), 2), i))
+
+
+def _environment() -> Any:
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("drmime_batch.evaluation", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def _loss_history(row: Mapping[str, Any]) -> list[float]:
+    history = row.get("loss_history")
+    if history is None:
+        registration = row.get("registration")
+        if isinstance(registration, Mapping):
+            history = registration.get("loss_history")
+    try:
+        return [float(v) for v in history or []]
+    except (TypeError, ValueError):
+        return []
+
+
+def _copy_qc(row: Mapping[str, Any], pair_id: str, stem: str, out: Path) -> str | None:
+    """Copy the worker's QC picture into ``out/qc/``; its relative path, or None when it is missing."""
+    qc = row.get("qc_png")
+    if not qc:
+        return None
+    src = Path(qc) if "://" not in str(qc) else None
+    picture = _fetch_url(str(qc)) if src is None else None
+    if picture is None and (src is None or not src.is_file()):
+        logger.warning("pair %s: QC image %s does not exist; left out of the report", pair_id, qc)
+        return None
+    (out / "qc").mkdir(exist_ok=True)
+    name = f"{stem}.png"
+    if picture is not None:
+        (out / "qc" / name).write_bytes(picture)
+    else:
+        shutil.copyfile(src, out / "qc" / name)  # type: ignore[arg-type]
+    return f"qc/{name}"
+
+
+def _save_rgb(rgb: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    tmp = path.with_name(path.name + ".partial")
+    Image.fromarray(rgb).save(tmp, format="PNG", optimize=True)
+    tmp.replace(path)
+
+
+def _read_field(row: Mapping[str, Any]) -> Any:
+    out, pair_id = row.get("out"), row.get("pair_id")
+    if not out or not pair_id:
+        return None
+    from drmime_batch.io import read_field
+
+    try:
+        return read_field(str(out), str(pair_id))
+    except _PICTURE_ERRORS as exc:
+        logger.debug("pair %s: no displacement field read: %s", pair_id, exc)
+        return None
+
+
+def _landmark_figure(row: Mapping[str, Any], views: Any, matrix: np.ndarray, field: Any, path: Path) -> str:
+    """Draw the landmark error vectors of a pair; returns the caption."""
+    from drmime_batch.core._convention import apply_matrix
+    from drmime_batch.core._field import map_points
+    from drmime_batch.evaluation._landmarks import pair_landmarks, read_landmarks
+    from drmime_batch.evaluation._report_plots import plot_landmark_vectors
+    from drmime_batch.evaluation._scores import image_diagonal, landmark_errors
+
+    f, m = pair_landmarks(read_landmarks(row["fixed_landmarks"]), read_landmarks(row["moving_landmarks"]))
+    rtre = landmark_errors(matrix, f, m, field=field) / image_diagonal(views.fixed_shape)
+    warped = map_points(matrix, field, m, inverse=True)  # moving landmarks in fixed pixels
+    f_t, w_t = apply_matrix(views.to_thumbnail, f), apply_matrix(views.to_thumbnail, warped)
+    length = float(np.median(np.hypot(*(f_t - w_t).T)))
+    magnify = int(np.clip(round(12.0 / length), 1, 20)) if length > 0 else 1
+    plot_landmark_vectors(views.fixed, f_t, f_t - magnify * (f_t - w_t), rtre, path)
+    longer = f", drawn {magnify}× longer" if magnify > 1 else ""
+    return (f"landmark errors: arrows from each warped moving landmark to its fixed landmark{longer}; "
+            f"colour: rTRE (median {_fmt(float(np.median(rtre)))}, {len(rtre)} landmarks)")
+
+
+def _pair_figures(row: Mapping[str, Any], stem: str, out: Path) -> tuple[list[dict[str, str]], list[str]]:
+    """The pictures of one pair (written under ``out/figures/``) and notes on any left out."""
+    figures: list[dict[str, str]] = []
+    notes: list[str] = []
+    pair_id = str(row.get("pair_id", ""))
+    fig_dir = out / "figures"
+    matrix = row.get("matrix")
+    if str(row.get("state")) == "done" and matrix is not None and row.get("fixed") and row.get("moving"):
+        from drmime_batch.evaluation._report_views import checkerboard, load_pair_views, overlay
+
+        m = np.asarray(matrix, dtype=np.float64)
+        field = _read_field(row)
+        try:
+            views = load_pair_views(str(row["fixed"]), str(row["moving"]), m, out=row.get("out") and str(row["out"]),
+                                    pair_id=pair_id, field=field)
+        except _PICTURE_ERRORS as exc:
+            logger.warning("pair %s: no overlay in the report: %s", pair_id, exc)
+            notes.append(f"no overlay: {exc}")
+            views = None
+        if views is not None:
+            fig_dir.mkdir(exist_ok=True)
+            _save_rgb(overlay(views.fixed, views.registered), fig_dir / f"{stem}-overlay.png")
+            _save_rgb(checkerboard(views.fixed, views.registered), fig_dir / f"{stem}-checkerboard.png")
+            figures.append({"kind": "overlay", "src": f"figures/{stem}-overlay.png",
+                            "caption": "overlay: fixed in magenta, registered in green (each stain contrast-"
+                                       f"normalised), black where both have tissue; registered image: {views.source}"})
+            figures.append({"kind": "checkerboard", "src": f"figures/{stem}-checkerboard.png",
+                            "caption": "checkerboard: fixed (magenta) and registered (green) squares; tissue "
+                                       "should run on across their edges"})
+            if row.get("fixed_landmarks") and row.get("moving_landmarks"):
+                try:
+                    caption = _landmark_figure(row, views, m, field, fig_dir / f"{stem}-landmarks.png")
+                except _PICTURE_ERRORS as exc:
+                    logger.warning("pair %s: no landmark vectors in the report: %s", pair_id, exc)
+                    notes.append(f"no landmark vectors: {exc}")
+                else:
+                    figures.append({"kind": "landmarks", "src": f"figures/{stem}-landmarks.png", "caption": caption})
+    history = _loss_history(row)
+    if history:
+        from drmime_batch.evaluation._report_plots import plot_similarity_curve
+
+        fig_dir.mkdir(exist_ok=True)
+        iterations = row.get("iterations")
+        plot_similarity_curve(history, fig_dir / f"{stem}-curve.png",
+                              iterations=int(iterations) if iterations else None, metric=row.get("metric"))
+        figures.append({"kind": "curve", "src": f"figures/{stem}-curve.png",
+                        "caption": "similarity during the optimisation (smoothed; dotted: the last value)"})
+    qc_src = _copy_qc(row, pair_id, stem, out)
+    if qc_src:
+        figures.append({"kind": "qc", "src": qc_src, "caption": f"{pair_id}: QC picture written by the worker"})
+    return figures, notes
+
+
+def _rtre_plot(rows: Sequence[Mapping[str, Any]], out: Path) -> str | None:
+    from drmime_batch.evaluation._report_plots import plot_rtre_distribution
+
+    before, after, flagged = [], [], []
+    for row in rows:
+        b, a = _landmark_value(row, "identity_rtre_median"), _landmark_value(row, "rtre_median")
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isfinite(a) and math.isfinite(b):
+            before.append(float(b))
+            after.append(float(a))
+            flagged.append(_kind(row) == "flagged")
+    if not after:
+        return None
+    (out / "figures").mkdir(exist_ok=True)
+    plot_rtre_distribution(before, after, out / "figures" / "rtre-before-after.png", flagged=flagged)
+    return "figures/rtre-before-after.png"
+
+
+def write_html_report(rows: Sequence[Mapping[str, Any]], out_dir: Path, *, title: str) -> Path:
+    """Write ``out_dir/index.html``: the pairs (flagged first), their pictures and the batch's figures.
+
+    The page needs nothing but the folder: pictures are PNG files in ``out_dir/figures/`` and
+    ``out_dir/qc/`` referenced by relative paths, the CSS is inline, and nothing is loaded from the
+    network. Reads the pairs' images (small pyramid levels), landmark files and output stores;
+    writes files (``index.html`` atomically); the rows are not modified. A picture that cannot be
+    made (an image gone, a landmark file unreadable) is left out with a note on the page.
 
     Parameters
     ----------
@@ -89,7 +272,12 @@ def write_html_report(rows: Sequence[Mapping[str, Any]], out_dir: Path, *, title
         One per pair, with keys ``pair_id``, ``state``, ``seconds``, ``error``, ``matrix`` (3x3
         list of lists or None), ``qc_png`` (path or None) and, when landmarks were scored, the
         figures of :class:`LandmarkScores` (``rtre_median``, ``naed``, ...) either as keys of the
-        row or under ``row["landmarks"]``. Missing keys show as empty cells.
+        row or under ``row["landmarks"]``. Optional keys add to the page: ``qc`` (the quality
+        record: ``score``, ``flagged``, ``reasons``), ``failure``, ``fixed`` and ``moving`` (image
+        files: overlay and checkerboard), ``out`` (the output store: its registered image and
+        displacement field are used), ``fixed_landmarks`` and ``moving_landmarks`` (files: error
+        vectors), ``loss_history`` (or ``registration["loss_history"]``), ``iterations`` and
+        ``metric`` (the similarity curve). Missing keys show as empty cells.
     out_dir : Path
         Folder to write to (created if needed).
     title : str
@@ -110,77 +298,54 @@ def write_html_report(rows: Sequence[Mapping[str, Any]], out_dir: Path, *, title
     ('index.html', True)
     """
     out = Path(out_dir)
-    qc_dir = out / "qc"
     out.mkdir(parents=True, exist_ok=True)
     show_landmarks = [k for k in LANDMARK_KEYS if any(_landmark_value(r, k) is not None for r in rows)]
 
-    head = ["pair", "state", "seconds", *show_landmarks, "matrix (fixed → moving)", "error"]
-    body: list[str] = []
-    figures: list[str] = []
-    for index, row in enumerate(rows):
+    pairs: list[dict[str, Any]] = []
+    for index in order_rows(rows):
+        row = rows[index]
         pair_id = str(row.get("pair_id", f"#{index}"))
-        state = str(row.get("state", ""))
-        cells = [
-            f'<td class="text">{html.escape(pair_id)}</td>',
-            f'<td class="text state-{html.escape(state)}">{html.escape(state)}</td>',
-            f"<td>{html.escape(_fmt(row.get('seconds'), 2))}</td>",
-        ]
-        cells += [f"<td>{html.escape(_fmt(_landmark_value(row, k)))}</td>" for k in show_landmarks]
-        cells.append(f'<td class="text"><pre>{html.escape(_matrix_text(row.get("matrix")))}</pre></td>')
-        cells.append(f'<td class="text">{html.escape(str(row.get("error") or ""))}</td>')
-        body.append("<tr>" + "".join(cells) + "</tr>")
-        qc = row.get("qc_png")
-        if qc:
-            src = Path(qc) if "://" not in str(qc) else None
-            picture = _fetch_url(str(qc)) if src is None else None
-            if picture is not None or (src is not None and src.is_file()):
-                qc_dir.mkdir(exist_ok=True)
-                name = _safe_name(index, pair_id)
-                if picture is not None:
-                    (qc_dir / name).write_bytes(picture)
-                else:
-                    shutil.copyfile(src, qc_dir / name)  # type: ignore[arg-type]
-                figures.append(
-                    f'<figure><img src="qc/{html.escape(name)}" alt="QC overlay of {html.escape(pair_id)}">'
-                    f"<figcaption>{html.escape(pair_id)}</figcaption></figure>"
-                )
-            else:
-                logger.warning("pair %s: QC image %s does not exist; left out of the report", pair_id, qc)
+        stem = _stem(index, pair_id)
+        qc = _qc(row)
+        figures, notes = _pair_figures(row, stem, out)
+        score = qc.get("score")
+        pairs.append({
+            "pair_id": pair_id,
+            "anchor": f"pair-{stem}",
+            "state": str(row.get("state", "")),
+            "kind": _kind(row),
+            "flagged": _kind(row) == "flagged",
+            "qc_score": _fmt(float(score), 2) if isinstance(score, (int, float)) else "",
+            "reasons": [str(r) for r in qc.get("reasons") or []],
+            "seconds": _fmt(row.get("seconds"), 2),
+            "landmark_values": [_fmt(_landmark_value(row, k)) for k in show_landmarks],
+            "matrix": _matrix_text(row.get("matrix")),
+            "error": str(row.get("error") or ""),
+            "failure": str(row.get("failure") or ""),
+            "figures": figures,
+            "notes": notes,
+        })
 
-    summary_rows = []
+    summary = []
     for key in ("seconds", *show_landmarks):
         values = [row.get(key) if key == "seconds" else _landmark_value(row, key) for row in rows]
         s = summarise(v for v in values if isinstance(v, (int, float)))
         if s["n"]:
-            summary_rows.append(
-                f'<tr><td class="text">{html.escape(key)}</td><td>{s["n"]}</td><td>{_fmt(s["median"])}</td>'
-                f'<td>{_fmt(s["mean"])}</td><td>{_fmt(s["p90"])}</td></tr>'
-            )
+            summary.append({"key": key, "n": s["n"], "median": _fmt(s["median"]), "mean": _fmt(s["mean"]),
+                            "p90": _fmt(s["p90"])})
     states: dict[str, int] = {}
     for row in rows:
         states[str(row.get("state", ""))] = states.get(str(row.get("state", "")), 0) + 1
-    state_text = ", ".join(f"{html.escape(k)}: {v}" for k, v in sorted(states.items()))
 
-    page = "\n".join(
-        [
-            "<!DOCTYPE html>",
-            '<html lang="en"><head><meta charset="utf-8">',
-            f"<title>{html.escape(title)}</title>",
-            f"<style>{_CSS}</style></head><body>",
-            f"<h1>{html.escape(title)}</h1>",
-            f"<p>{len(rows)} pairs ({state_text})</p>",
-            "<h2>Summary</h2>",
-            '<table id="summary"><tr><th>figure</th><th>n</th><th>median</th><th>mean</th><th>90th pct</th></tr>',
-            *summary_rows,
-            "</table>",
-            "<h2>Pairs</h2>",
-            '<table id="pairs"><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>",
-            *body,
-            "</table>",
-            "<h2>QC overlays</h2>" if figures else "",
-            *figures,
-            "</body></html>",
-        ]
+    page = _environment().get_template(TEMPLATE).render(
+        title=title,
+        n_pairs=len(rows),
+        n_flagged=sum(p["flagged"] for p in pairs),
+        states=sorted(states.items()),
+        summary=summary,
+        rtre_plot=_rtre_plot(rows, out),
+        landmark_keys=show_landmarks,
+        pairs=pairs,
     )
     target = out / "index.html"
     tmp = out / "index.html.partial"

@@ -1,0 +1,227 @@
+"""Small pictures of one registered pair for the HTML report: overlay, checkerboard, thumbnails.
+
+The fixed image and the registered (warped moving) image are read at a pyramid level whose longer
+side is at most :data:`REPORT_SIDE` pixels, on the fixed image's grid. The registered image comes
+from the output store when the batch wrote it (``OUT/<pair_id>/registered``, the image users get);
+otherwise (``--no-warp`` batches, or a store that is gone) the moving image's small level is
+warped here with the pair's matrix (and displacement field), as the QC picture is.
+
+Each stain is contrast-normalised on its own (:func:`stain_density`: the light a grey version
+absorbs, stretched between percentiles), so a faint immunostain shows as clearly as a dark H&E.
+Everything here is numpy and Pillow on thumbnails; nothing is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from drmime_batch.core._convention import level_to_full_matrix
+from drmime_batch.core._field import DisplacementField
+
+__all__ = ["REPORT_SIDE", "PairViews", "checkerboard", "load_pair_views", "overlay", "stain_density"]
+
+#: longer side of the report's pictures of a pair (pixels)
+REPORT_SIDE = 512
+
+
+@dataclass(frozen=True)
+class PairViews:
+    """The fixed and registered thumbnails of a pair, on one grid.
+
+    Attributes
+    ----------
+    fixed, registered : ndarray, shape (h, w, 3), uint8
+        RGB thumbnails; ``registered`` is black (0, 0, 0) where the moving image does not reach.
+    to_thumbnail : ndarray, shape (3, 3)
+        Full-resolution fixed pixel → thumbnail pixel.
+    fixed_shape : (H, W)
+        Full-resolution shape of the fixed image.
+    source : str
+        Where ``registered`` came from (said under the pictures).
+    """
+
+    fixed: np.ndarray
+    registered: np.ndarray
+    to_thumbnail: np.ndarray
+    fixed_shape: tuple[int, int]
+    source: str
+
+
+def _rgb(arr: np.ndarray) -> np.ndarray:
+    from drmime_batch.io._qc import _display
+
+    out: np.ndarray = _display(np.asarray(arr))
+    return out
+
+
+def _resize(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    if rgb.shape[:2] == shape:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
+
+
+def _stored_registered(out: str, pair_id: str) -> Any:
+    """The registered image the batch wrote for the pair (a MultiscaleImage), or None."""
+    from drmime_batch.io import open_image, pair_is_complete
+    from drmime_batch.io._fs import join, location
+    from drmime_batch.io._writers import read_marker
+
+    try:
+        if not pair_is_complete(out, pair_id, warp=True):
+            return None
+        path = read_marker(out, pair_id).get("registered", {}).get("path")
+    except (OSError, ValueError, KeyError):
+        return None
+    if not path:
+        return None
+    return open_image(join(join(location(out), pair_id), str(path)))  # type: ignore[arg-type]
+
+
+def load_pair_views(
+    fixed: str, moving: str, matrix: Any, *, out: str | None = None, pair_id: str | None = None,
+    field: DisplacementField | None = None, side: int = REPORT_SIDE,
+) -> PairViews:
+    """Read the fixed and registered thumbnails of a pair (longer side at most ``side``).
+
+    Parameters
+    ----------
+    fixed, moving : str
+        The pair's image files (paths or URLs).
+    matrix : array_like, shape (3, 3)
+        Fixed → moving full-resolution pixel matrix.
+    out, pair_id : str, optional
+        The output store and the pair's id: its registered image is used when complete.
+    field : DisplacementField, optional
+        A deformable result's displacement, used when the moving image is warped here.
+    side : int
+        Longest side of the thumbnails.
+
+    Returns
+    -------
+    PairViews
+
+    Raises
+    ------
+    DrmimeError, OSError
+        An image that cannot be opened or read.
+    """
+    from drmime_batch.io import open_image
+
+    fixed_img = open_image(fixed)
+    level = fixed_img.level_for(side)
+    f = _rgb(fixed_img.read_level(level, scheduler="synchronous"))
+    full = tuple(int(v) for v in fixed_img.levels[0].shape[:2])
+    to_thumb = np.linalg.inv(level_to_full_matrix(fixed_img.downsamples[level]))
+    stored = _stored_registered(out, pair_id) if out and pair_id else None
+    if stored is not None:
+        reg = _rgb(stored.read_level(stored.level_for(side), scheduler="synchronous"))
+        reg = _resize(reg, f.shape[:2])
+        source = "the registered image in the output store"
+    else:
+        from drmime_batch.io._qc import qc_panels
+
+        panels = qc_panels(fixed_img, open_image(moving), matrix, scheduler="synchronous", field=field)
+        reg = _resize(panels["registered"], f.shape[:2])
+        source = "the moving image warped for this report (no registered image in the store)"
+    reg = reg.copy()
+    reg[~_inside_moving(f.shape[:2], to_thumb, matrix, field, open_image(moving).levels[0].shape[:2])] = 255
+    return PairViews(fixed=f, registered=reg, to_thumbnail=to_thumb, fixed_shape=(full[0], full[1]),
+                     source=source)
+
+
+def _inside_moving(shape: tuple[int, ...], to_thumb: np.ndarray, matrix: Any, field: DisplacementField | None,
+                   moving_shape: tuple[int, ...]) -> np.ndarray:
+    """Thumbnail pixels whose tissue comes from inside the moving image (2 pixels in from its edge).
+
+    Outside, the registered image is black fill, and its interpolated edge would read as the
+    densest stain of all: those pixels count as empty glass.
+    """
+    from scipy import ndimage
+
+    from drmime_batch.core._field import map_points
+
+    h, w = int(shape[0]), int(shape[1])
+    yy, xx = np.mgrid[:h, :w]
+    thumb = np.c_[xx.ravel(), yy.ravel()].astype(np.float64)
+    full = map_points(np.linalg.inv(to_thumb), None, thumb)
+    q = map_points(np.asarray(matrix, dtype=np.float64), field, full)
+    mh, mw = int(moving_shape[0]), int(moving_shape[1])
+    inside = ((q[:, 0] >= -0.5) & (q[:, 0] <= mw - 0.5) & (q[:, 1] >= -0.5) & (q[:, 1] <= mh - 0.5)).reshape(h, w)
+    out: np.ndarray = ndimage.binary_erosion(inside, iterations=2, border_value=1)
+    return out
+
+
+def stain_density(rgb: np.ndarray, *, low: float = 1.0, high: float = 99.0) -> np.ndarray:
+    """Contrast-normalised stain amount in [0, 1] of an RGB thumbnail (0: empty glass, 1: dense).
+
+    The absorbed light ``255 - grey`` (grey: the mean of the channels), stretched so that its
+    ``low`` percentile maps to 0 and its ``high`` percentile to 1. The stretch is linear, so a stain
+    that absorbs a quarter as much light (a faint immunostain against a dark H&E) comes out the
+    same as a dark one; optical density (a logarithm) would not. Pure black pixels (fill outside a
+    warped image) count as empty.
+
+    Examples
+    --------
+    >>> rgb = np.full((4, 4, 3), 250, np.uint8); rgb[1:3, 1:3] = 200   # a faint patch
+    >>> d = stain_density(rgb)
+    >>> float(d[0, 0]), float(d[1, 1])
+    (0.0, 1.0)
+    """
+    arr = np.asarray(rgb, dtype=np.float64)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    empty = np.all(arr[..., :3] == 0, axis=-1)
+    absorbed = 255.0 - arr[..., :3].mean(axis=-1)
+    valid = absorbed[~empty]
+    if valid.size == 0:
+        return np.zeros(absorbed.shape, dtype=np.float64)
+    lo, hi = np.percentile(valid, [low, high])
+    out = np.clip((absorbed - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
+    out[empty] = 0.0
+    return out
+
+
+def overlay(fixed: np.ndarray, registered: np.ndarray) -> np.ndarray:
+    """Both stains on white: fixed in magenta, registered in green, black where both have tissue.
+
+    Each image is contrast-normalised on its own (:func:`stain_density`).
+
+    Examples
+    --------
+    >>> f = np.full((2, 2, 3), 255, np.uint8); f[0, 0] = 100
+    >>> r = np.full((2, 2, 3), 255, np.uint8); r[0, 1] = 100
+    >>> o = overlay(f, r)
+    >>> o[0, 0].tolist(), o[0, 1].tolist(), o[1, 1].tolist()
+    ([255, 0, 255], [0, 255, 0], [255, 255, 255])
+    """
+    f, r = stain_density(fixed), stain_density(registered)
+    rgb = np.stack([1.0 - r, 1.0 - f, 1.0 - r], axis=-1)
+    return np.round(rgb * 255.0).astype(np.uint8)
+
+
+def checkerboard(fixed: np.ndarray, registered: np.ndarray, *, tiles: int = 8) -> np.ndarray:
+    """Alternating squares of the fixed (magenta) and registered (green) image, ``tiles`` along the longer side.
+
+    Structures should run on across the squares' edges when the registration is right.
+
+    Examples
+    --------
+    >>> f = np.full((4, 4, 3), 90, np.uint8); f[3, 3] = 250
+    >>> c = checkerboard(f, f, tiles=2)
+    >>> c[0, 0].tolist(), c[0, 3].tolist()
+    ([255, 0, 255], [0, 255, 0])
+    """
+    f, r = stain_density(fixed), stain_density(registered)
+    h, w = f.shape
+    size = max(1, int(np.ceil(max(h, w) / max(1, tiles))))
+    yy, xx = np.mgrid[:h, :w]
+    use_fixed = ((yy // size) + (xx // size)) % 2 == 0
+    magenta = np.stack([np.ones_like(f), 1.0 - f, np.ones_like(f)], axis=-1)
+    green = np.stack([1.0 - r, np.ones_like(r), 1.0 - r], axis=-1)
+    rgb = np.where(use_fixed[..., None], magenta, green)
+    return np.round(rgb * 255.0).astype(np.uint8)
