@@ -150,7 +150,8 @@ def _save_rgb(rgb: np.ndarray, path: Path) -> None:
     from PIL import Image
 
     tmp = path.with_name(path.name + ".partial")
-    Image.fromarray(rgb).save(tmp, format="PNG", optimize=True)
+    # 64 colours are plenty for two stain densities, and make the file about 3x smaller
+    Image.fromarray(rgb).quantize(64, dither=Image.Dither.NONE).save(tmp, format="PNG", optimize=True)
     tmp.replace(path)
 
 

@@ -156,14 +156,28 @@ def _inside_moving(shape: tuple[int, ...], to_thumb: np.ndarray, matrix: Any, fi
     return out
 
 
-def stain_density(rgb: np.ndarray, *, low: float = 1.0, high: float = 99.0) -> np.ndarray:
+def _otsu(values: np.ndarray) -> float:
+    """Otsu's threshold of 1-D ``values`` (256 bins): the split that best separates two classes."""
+    hist, edges = np.histogram(values, bins=256)
+    centres = (edges[:-1] + edges[1:]) / 2.0
+    w0 = np.cumsum(hist).astype(np.float64)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mean0 = m0 / np.maximum(w0, 1.0)
+    mean1 = (m0[-1] - m0) / np.maximum(w1, 1.0)
+    between = w0 * w1 * (mean0 - mean1) ** 2
+    return float(centres[int(np.argmax(between))])
+
+
+def stain_density(rgb: np.ndarray, *, high: float = 99.0) -> np.ndarray:
     """Contrast-normalised stain amount in [0, 1] of an RGB thumbnail (0: empty glass, 1: dense).
 
-    The absorbed light ``255 - grey`` (grey: the mean of the channels), stretched so that its
-    ``low`` percentile maps to 0 and its ``high`` percentile to 1. The stretch is linear, so a stain
-    that absorbs a quarter as much light (a faint immunostain against a dark H&E) comes out the
-    same as a dark one; optical density (a logarithm) would not. Pure black pixels (fill outside a
-    warped image) count as empty.
+    The absorbed light ``255 - grey`` (grey: the mean of the channels) is split into glass and
+    tissue (Otsu's threshold), then stretched linearly so that the glass (up to its 90th
+    percentile) maps to 0 and the tissue's ``high`` percentile to 1. The stretch is linear, so a
+    stain that absorbs a quarter as much light (a faint immunostain beside a dark H&E) comes out
+    the same as a dark one, and a tinted or uneven glass does not read as tissue. Pure black
+    pixels (fill outside a warped image) count as glass.
 
     Examples
     --------
@@ -178,10 +192,13 @@ def stain_density(rgb: np.ndarray, *, low: float = 1.0, high: float = 99.0) -> n
     empty = np.all(arr[..., :3] == 0, axis=-1)
     absorbed = 255.0 - arr[..., :3].mean(axis=-1)
     valid = absorbed[~empty]
-    if valid.size == 0:
+    if valid.size == 0 or float(valid.max() - valid.min()) < 1e-6:
         return np.zeros(absorbed.shape, dtype=np.float64)
-    lo, hi = np.percentile(valid, [low, high])
-    out = np.clip((absorbed - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
+    split = _otsu(valid)
+    glass, tissue = valid[valid <= split], valid[valid > split]
+    lo = float(np.percentile(glass, 90.0)) if glass.size else float(valid.min())
+    hi = float(np.percentile(tissue, high)) if tissue.size else float(valid.max())
+    out = np.clip((absorbed - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
     out[empty] = 0.0
     return out
 

@@ -228,3 +228,14 @@ def test_page_renders_in_a_headless_browser(small_batch: Path, tmp_path: Path) -
     assert img.shape[:2] == (1400, 1000)
     # the page is not blank: text and pictures cover a fair share of it
     assert (img.min(axis=-1) < 200).mean() > 0.02
+
+
+def test_the_template_is_package_data() -> None:
+    import tomllib
+    from fnmatch import fnmatch
+
+    root = Path(__file__).resolve().parents[2]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["drmime_batch"]
+    template = "evaluation/templates/report.html.j2"
+    assert (root / "drmime_batch" / template).is_file()
+    assert any(fnmatch(template, g) for g in globs), globs
