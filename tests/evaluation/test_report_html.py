@@ -239,3 +239,19 @@ def test_the_template_is_package_data() -> None:
     template = "evaluation/templates/report.html.j2"
     assert (root / "drmime_batch" / template).is_file()
     assert any(fnmatch(template, g) for g in globs), globs
+
+
+def test_a_pair_whose_image_is_gone_gets_a_note_not_a_crash(small_batch: Path, tmp_path: Path) -> None:
+    from drmime_batch.cli._cmd_batch import _report_rows
+
+    with Queue.open(small_batch) as q:
+        rows = _report_rows(q.rows())
+    plain = next(r for r in rows if r["pair_id"] == "plain")
+    plain["fixed"] = str(tmp_path / "gone.png")
+    out = write_html_report(rows, tmp_path / "html", title="batch")
+    page = _parse(out)
+    notes = [t for t in page.text if t.startswith("no overlay:")]
+    assert len(notes) == 1 and "gone.png" in notes[0]
+    # its curve is still drawn, and the other pairs keep their pictures
+    assert {kind for src, kind in page.imgs if "-plain-" in src} == {"curve"}
+    assert {kind for src, kind in page.imgs if "-good-" in src} == {"overlay", "checkerboard", "landmarks", "curve"}
