@@ -459,20 +459,22 @@ def print_tables(runs: list[PairRun], summary: dict[str, Any], console: Any) -> 
 
 
 # --------------------------------------------------------------------------- profile
-#: where the time goes: (category, function names whose cumulative time counts for it), in the
-#: order they nest (a later category's functions may run inside an earlier one's: see ``note``)
+#: where the time goes: (category, ``module:function`` keys whose cumulative time counts for it).
+#: Keys name one function each (``module`` is the file's stem): nested wrappers of the same name
+#: (``Tensor.backward`` -> ``torch.autograd.backward``) would otherwise count twice.
 PROFILE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("register() total", ("register",)),
-    ("input preparation and tissue masks (before the optimiser)", ("_without_ink", "_mask_for", "_to_tensor")),
-    ("optimise() total", ("optimise",)),
-    ("initialisation search (incl. its scoring)", ("search_initialisation",)),
-    ("scoring: comparable_score (init candidates and final check)", ("comparable_score",)),
-    ("pyramid and sampling weights", ("gaussian_pyramid", "sampling_weights")),
-    ("sampling: points, mapping, bilinear reads", ("_sample_pairs", "_sample_mapped")),
-    ("statistics network forward + DV bound", ("_mine_values",)),
-    ("backward", ("backward",)),
-    ("optimiser step (Adam)", ("step",)),
-    ("transform (matrix exponential)", ("exp_transform",)),
+    ("register() total", ("_api:register",)),
+    ("input preparation and tissue masks (before the optimiser)", ("_api:_without_ink", "_api:_mask_for",
+                                                                   "_api:_to_tensor")),
+    ("optimise() total", ("_optimise:optimise",)),
+    ("  initialisation search (incl. its scoring)", ("_init:search_initialisation",)),
+    ("  scoring: comparable_score (init candidates, final check)", ("_init:comparable_score",)),
+    ("  pyramid and sampling weights", ("_pyramid:gaussian_pyramid", "_pyramid:sampling_weights")),
+    ("  sampling: points, mapping, bilinear reads", ("_optimise:_sample_mapped",)),
+    ("  statistics network forward + DV bound", ("_optimise:_mine_values",)),
+    ("  backward (network and transform)", ("_tensor:backward",)),
+    ("  optimiser step (Adam)", ("adam:step",)),
+    ("  transform (matrix exponential)", ("_bases:exp_transform",)),
 )
 
 
@@ -489,11 +491,9 @@ def profile_register(pair: Any, threads: int, console: Any, top: int = 15) -> di
     cumulative: dict[str, float] = {}
     calls: dict[str, int] = {}
     for (filename, _line, name), (_cc, nc, _tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        if "drmime_batch" in filename or name in ("backward", "step") and ("torch" in filename):
-            if name == "step" and "optim" not in filename:
-                continue
-            cumulative[name] = cumulative.get(name, 0.0) + ct
-            calls[name] = calls.get(name, 0) + nc
+        key = f"{Path(filename).stem}:{name}"
+        cumulative[key] = cumulative.get(key, 0.0) + ct
+        calls[key] = calls.get(key, 0) + nc
     groups = []
     for label, names in PROFILE_GROUPS:
         seconds = sum(cumulative.get(n, 0.0) for n in names)
@@ -509,9 +509,8 @@ def profile_register(pair: Any, threads: int, console: Any, top: int = 15) -> di
     for g in groups:
         table.add_row(g["category"], f"{g['seconds']:.2f}", f"{100 * g['share']:.0f} %", str(g["calls"]))
     console.print(table)
-    console.print("cumulative times: sampling, network, backward, step and transform run inside optimise(); "
-                  "the initialisation search includes part of the scoring; cProfile's own overhead inflates "
-                  "the total")
+    console.print("cumulative seconds; indented rows run inside optimise(), the scoring partly inside the "
+                  "initialisation search; cProfile's own overhead inflates the total")
 
     from torch.profiler import ProfilerActivity, profile
 
