@@ -512,15 +512,18 @@ def profile_register(pair: Any, threads: int, console: Any, top: int = 15) -> di
     console.print("cumulative seconds; indented rows run inside optimise(), the scoring partly inside the "
                   "initialisation search; cProfile's own overhead inflates the total")
 
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, profile, schedule
 
-    with profile(activities=[ProfilerActivity.CPU]) as tprof:
-        _register_ours(fixed, moving, threads)
+    # operators of 50 loop iterations (iterations 101-150): recording all of them costs minutes
+    with profile(activities=[ProfilerActivity.CPU], schedule=schedule(wait=9, warmup=1, active=5, repeat=1)) as tprof:
+        from drmime_batch import register
+
+        register(fixed, moving, device="cpu", threads=threads, callback=lambda _i, _s: tprof.step())
     events = sorted(tprof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     op_total = sum(e.self_cpu_time_total for e in events) or 1.0
     ops = [{"op": e.key, "self_cpu_s": e.self_cpu_time_total / 1e6, "share": e.self_cpu_time_total / op_total,
             "calls": e.count} for e in events[:top]]
-    optable = Table(title=f"top {top} torch operators by self CPU time (torch.profiler)")
+    optable = Table(title=f"top {top} torch operators by self CPU time, 50 loop iterations (torch.profiler)")
     for name in ("operator", "self s", "share", "calls"):
         optable.add_column(name, justify="left" if name == "operator" else "right")
     for o in ops:
@@ -578,16 +581,23 @@ def main(argv: list[str] | None = None) -> int:
                                  seed_iterations=args.seed_iterations, console=console))
         summary = summarise_runs(runs)
         print_tables(runs, summary, console)
-    profile_data = profile_register(pairs[0], args.threads, console) if args.profile else None
+    record: dict[str, Any] = {
+        "command": command, "dataset": args.dataset.name, "threads": args.threads, "repeat": args.repeat,
+        "seed_settings": asdict(settings), "seed_iterations_timed": args.seed_iterations,
+        "machine": acc.machine(), "pairs": [asdict(r) | {"ratio": r.ratio} for r in runs],
+        "summary": summary, "profile": None,
+    }
+
+    def write() -> None:
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+
+    write()  # the comparison is kept even if the profile is interrupted
+    if args.profile:
+        record["profile"] = profile_register(pairs[0], args.threads, console)
+        write()
     console.print(f"total {time.perf_counter() - t0:.0f} s; command: {command}")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "command": command, "dataset": args.dataset.name, "threads": args.threads, "repeat": args.repeat,
-            "seed_settings": asdict(settings), "seed_iterations_timed": args.seed_iterations,
-            "machine": acc.machine(), "pairs": [asdict(r) | {"ratio": r.ratio} for r in runs],
-            "summary": summary, "profile": profile_data,
-        }, indent=2, default=str) + "\n", encoding="utf-8")
     return 0
 
 
