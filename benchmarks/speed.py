@@ -57,7 +57,7 @@ carries no licence). What the notebook does, and what is re-implemented here:
   by ``N_moving^-1 H N_fixed``.
 
 The seed's cost is dominated by the statistics network on every edge pixel of every level at every
-iteration (about 10^5 points at the finest level of these slides); ours samples a few thousand
+iteration (17 000 to 323 000 points at the finest level of the lung-lesion-3 slides); ours samples a few thousand
 points per level and stops when the similarity settles.
 """
 
