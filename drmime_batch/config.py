@@ -47,17 +47,23 @@ class RegistrationConfig:
     levels : int
         Pyramid levels optimised jointly (fewer when the image is small).
     points : int
-        Fixed-image points sampled afresh per level and iteration (the cost per iteration).
+        Points sampled afresh per level and iteration (the cost per iteration); a level never
+        gets more than a quarter of its pixel count (the coarsest levels are a few hundred
+        pixels: more points there resample the same pixels).
     fine_points : int
         Points for the finest level (its values are noisier, it gets more).
     max_iterations, min_iterations : int
-        Bounds on the gradient-descent iterations of the transform.
+        Bounds on the gradient-descent iterations of the transform (after the warm-up). The
+        budget is split: the first learning rate runs at most ``max_iterations - lr_decays *
+        patience`` iterations, each reduced rate at most ``patience`` (when that first share is
+        at least ``min_iterations``); a plateau ends a phase earlier.
     warmup : int
         Iterations that train only the statistics network before the transform moves (``mine``).
     patience : int
         Iterations without improvement of the smoothed similarity before the learning rate drops.
     lr_decays : int
-        Learning-rate drops (by ``lr_factor``) before stopping: the plateau rule.
+        Learning-rate drops (by ``lr_factor``) before stopping: at a plateau of the smoothed
+        similarity or when the phase's share of ``max_iterations`` is spent.
     lr_transform, lr_mine, lr_fine : float
         Adam learning rates of the shared transform parameters, of the statistics network and of
         the finest level's correction (0, the default, disables it: on the lung-lesion-3 pairs it
@@ -110,7 +116,7 @@ class RegistrationConfig:
     levels: int = 6
     points: int = 4500
     fine_points: int = 4500
-    max_iterations: int = 1200
+    max_iterations: int = 320
     warmup: int = 40
     min_iterations: int = 150
     patience: int = 40

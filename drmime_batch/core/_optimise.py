@@ -161,7 +161,8 @@ def _sample_pairs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Values of ``source`` at ``n`` fresh points and of ``target`` where ``mapping`` sends them.
 
-    Points are pool pixels plus a uniform sub-pixel jitter; ``mapping`` takes ``source`` pixel
+    Points are pool pixels (``pool``: (P, 2) float64 pixel coordinates ``x, y``) plus a uniform
+    sub-pixel jitter; ``mapping`` takes ``source`` pixel
     coordinates to ``target`` grid coordinates. Points landing outside ``target`` are dropped.
     """
     return _sample_mapped(source, target, pool, n, lambda px: _affine(mapping, px), gen)
@@ -180,7 +181,7 @@ def _sample_mapped(
     h, w = source.shape[1:]
     pick = pool[torch.randint(pool.shape[0], (n,), generator=gen).to(device)]
     jitter = torch.rand(n, 2, generator=gen).to(device=device, dtype=torch.float64) - 0.5
-    px = torch.stack([(pick % w).double(), (pick // w).double()], 1) + jitter
+    px = pick + jitter
     grid_t = to_target(px)
     inside = (grid_t.abs() <= 1.0).all(1)
     grid_s = (px[inside] + 0.5) / torch.tensor([w, h], dtype=torch.float64, device=device) * 2 - 1
@@ -267,7 +268,8 @@ def _deformable_stage(
     best, since_best, decays = -math.inf, 0, 0
     ema_lme: list[float | None] = [None] * n_levels
     average = torch.zeros_like(field.velocity)
-    iteration = 0
+    iteration = since_decay = 0
+    first_phase, later_phase = phase_budgets(config, config.deformable_iterations)
     t0 = time.perf_counter()
     for iteration in range(1, config.deformable_iterations + 1):
         forward = field.displacement(1.0)
@@ -314,11 +316,14 @@ def _deformable_stage(
             best, since_best = ema, 0
         else:
             since_best += 1
-        if since_best >= config.patience and iteration >= min(config.min_iterations, config.deformable_iterations):
+        since_decay += 1
+        plateau = since_best >= config.patience and iteration >= min(config.min_iterations, config.deformable_iterations)
+        budget = first_phase if decays == 0 else later_phase
+        if plateau or (budget is not None and since_decay >= budget):
             if decays >= config.lr_decays:
                 break
             decays += 1
-            since_best, best = 0, ema
+            since_best, since_decay, best = 0, 0, ema
             for group in opt.param_groups:
                 group["lr"] *= config.lr_factor
     with torch.no_grad():
@@ -336,6 +341,43 @@ def _deformable_stage(
     if not jac["jacobian_min"] > 0:
         return None, record | {"kept": False, "reason": "the deformation folds (Jacobian determinant <= 0)"}
     return field, record | {"kept": True, "reason": None}
+
+
+def level_points(config: RegistrationConfig, pixels: list[int]) -> list[int]:
+    """Points sampled per iteration at each level, finest first, from the levels' pixel counts.
+
+    ``fine_points`` at the finest level, ``points`` at the others, but never more than a quarter
+    of a level's pixels (at least 256): the coarsest levels of a 1024-pixel image are a few
+    hundred pixels, and 4500 points there resample each pixel many times at full cost.
+
+    >>> level_points(RegistrationConfig(), [600_000, 150_000, 37_000, 9_000, 2_300, 600])
+    [4500, 4500, 4500, 2250, 575, 256]
+    """
+    wanted = [config.fine_points] + [config.points] * (len(pixels) - 1)
+    return [max(256, min(n, px // 4)) for n, px in zip(wanted, pixels, strict=True)]
+
+
+def phase_budgets(config: RegistrationConfig, total: int | None = None) -> tuple[int | None, int | None]:
+    """Most iterations at the first learning rate and at each reduced one (None: no limit).
+
+    ``total`` is the stage's iteration budget (default ``max_iterations``; the deformable stage
+    passes ``deformable_iterations``).
+
+    The transform settles long before the smoothed similarity stops creeping up (the statistics
+    network keeps learning), so a plateau alone ran most pairs to several times the iterations
+    they needed; each phase therefore also ends when its share of ``max_iterations`` is spent.
+    A budget too short for ``min_iterations`` at the first rate keeps the plateau rule alone.
+
+    >>> phase_budgets(RegistrationConfig())
+    (200, 40)
+    >>> phase_budgets(RegistrationConfig(max_iterations=150))
+    (None, None)
+    """
+    total = config.max_iterations if total is None else total
+    first = total - config.lr_decays * config.patience
+    if config.lr_decays == 0 or first < min(config.min_iterations, total):
+        return None, None
+    return first, config.patience
 
 
 def _sample_values(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -439,7 +481,9 @@ def optimise(
     # Sampling pools: indices drawn once by weight; each iteration picks uniformly among them.
     def pool(image: torch.Tensor) -> torch.Tensor:
         w = sampling_weights(image, mode=config.sampling).flatten().double().cpu()
-        return torch.multinomial(w, _POOL, replacement=True, generator=gen).to(device)
+        index = torch.multinomial(w, _POOL, replacement=True, generator=gen)
+        width = image.shape[-1]  # pixel coordinates once here, not per iteration and level
+        return torch.stack([(index % width).double(), (index // width).double()], 1).to(device)
 
     pools_f = [pool(lf) for lf in pyr_f]
     pools_m = [pool(lm) for lm in pyr_m] if config.symmetric else []
@@ -458,7 +502,9 @@ def optimise(
     opt = torch.optim.Adam(groups)
     metric_fn = METRICS.get(config.metric)
 
-    n_points = [config.fine_points] + [config.points] * (n_levels - 1)
+    n_points = level_points(config, [lf.shape[1] * lf.shape[2] for lf in pyr_f])
+    first_phase, later_phase = phase_budgets(config)
+    since_decay = 0
     ema: float | None = None
     level_ema = [0.0] * n_levels
     best = -math.inf
@@ -537,11 +583,14 @@ def optimise(
             best, since_best = ema, 0
         else:
             since_best += 1
-        if since_best >= config.patience and iteration >= config.min_iterations + warmup:
+        since_decay += iteration > warmup
+        plateau = since_best >= config.patience and iteration >= config.min_iterations + warmup
+        budget = first_phase if decays == 0 else later_phase
+        if plateau or (budget is not None and since_decay >= budget):
             if decays >= config.lr_decays:
                 break
             decays += 1
-            since_best = 0
+            since_best = since_decay = 0
             best = ema
             for group in opt.param_groups:
                 group["lr"] *= config.lr_factor
