@@ -68,6 +68,11 @@ def _kernel_py(
     bh, bw, nc = out.shape
     h, w = src.shape[0], src.shape[1]
     has_disp = disp.shape[0] > 0
+    m00, m01, m02 = m[0, 0], m[0, 1], m[0, 2]
+    m10, m11, m12 = m[1, 0], m[1, 1], m[1, 2]
+    m20, m21, m22 = m[2, 0], m[2, 1], m[2, 2]
+    # an affine matrix has den == 0 * x + 0 * y + 1 == 1.0 exactly: dividing by it changes no bit
+    affine = m20 == 0.0 and m21 == 0.0 and m22 == 1.0
     for i in range(bh):
         for j in range(bw):
             yo = float(y0 + i)
@@ -75,13 +80,17 @@ def _kernel_py(
             if has_disp:
                 xo += disp[i, j, 0]
                 yo += disp[i, j, 1]
-            den = m[2, 0] * xo + m[2, 1] * yo + m[2, 2]
-            if den <= 0.0:
-                for c in range(nc):
-                    out[i, j, c] = cval
-                continue
-            xs = (m[0, 0] * xo + m[0, 1] * yo + m[0, 2]) / den
-            ys = (m[1, 0] * xo + m[1, 1] * yo + m[1, 2]) / den
+            if affine:
+                xs = m00 * xo + m01 * yo + m02
+                ys = m10 * xo + m11 * yo + m12
+            else:
+                den = m20 * xo + m21 * yo + m22
+                if den <= 0.0:
+                    for c in range(nc):
+                        out[i, j, c] = cval
+                    continue
+                xs = (m00 * xo + m01 * yo + m02) / den
+                ys = (m10 * xo + m11 * yo + m12) / den
             if order == 0:
                 xi = int(np.floor(xs + 0.5))
                 yi = int(np.floor(ys + 0.5))
