@@ -149,7 +149,7 @@ def warp_slide(
     from drmime_batch.io import open_image
     from drmime_batch.io._atomic import remove_path, replace_path, staging
     from drmime_batch.io._fs import basename, is_url, join, location
-    from drmime_batch.io._omezarr import SHARD_SIDE, write_ome_tiff, write_ome_zarr
+    from drmime_batch.io._omezarr import SCRATCH_ZSTD_LEVEL, SHARD_SIDE, write_ome_tiff, write_ome_zarr
 
     fmt = output_format(out)
     code = _order(order)
@@ -186,7 +186,8 @@ def warp_slide(
             )
             with staging(scratch_name, in_place=False) as scratch, staging(final) as tmp:
                 try:
-                    write_ome_zarr(scratch, data, name=name, pixel_size=pixel_size, labels=labels, attributes=record)
+                    write_ome_zarr(scratch, data, name=name, pixel_size=pixel_size, labels=labels, attributes=record,
+                                   zstd_level=SCRATCH_ZSTD_LEVEL)
                     write_ome_tiff(tmp, scratch, pixel_size=pixel_size)
                     replace_path(tmp, final)
                 finally:

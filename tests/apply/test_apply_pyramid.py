@@ -41,3 +41,42 @@ def test_pyramid_levels_match_downsample2_of_the_level_above(tmp_path: Path) -> 
         level = np.moveaxis(np.asarray(group[str(i)][...]), 0, 2)
         np.testing.assert_array_equal(level, downsample2(da.from_array(above), labels=False).compute())
         above = level
+
+
+@pytest.mark.parametrize(("dtype", "labels"), [(np.float32, False), (np.uint16, True), (np.int8, False)])
+def test_every_level_is_downsample2_of_the_level_above(tmp_path: Path, dtype: type, labels: bool) -> None:
+    import zarr
+
+    rng = np.random.default_rng(5)
+    data = (rng.normal(0, 50, (301, 517)) if dtype is np.float32 else rng.integers(-100, 100, (301, 517))).astype(dtype)
+    data = np.abs(data) if dtype is np.uint16 else data
+    write_ome_zarr(tmp_path / "p.zarr", da.from_array(data, chunks=(70, 90)), name="p", shard=128, chunk=64,
+                   min_side=40, labels=labels)  # fmt: skip
+    group = zarr.open_group(str(tmp_path / "p.zarr"), mode="r")
+    above = data
+    for i in range(1, len(list(group.array_keys()))):
+        level = np.asarray(group[str(i)][...])
+        np.testing.assert_array_equal(level, downsample2(da.from_array(above), labels=labels).compute())
+        above = level
+    assert above.shape == (301 // 16, 517 // 16)
+
+
+@pytest.mark.parametrize(("shape", "chunk"), [((2, 300, 420), 128), ((333, 290), 64)])
+def test_ome_tiff_export_keeps_every_level_exactly(tmp_path: Path, shape: tuple[int, ...], chunk: int) -> None:
+    import tifffile
+    import zarr
+
+    from drmime_batch.io._omezarr import write_ome_tiff
+
+    rng = np.random.default_rng(6)
+    data = rng.integers(0, 60000, shape, dtype=np.uint16)  # zlib tiles: lossless
+    yxc = np.moveaxis(data, 0, 2) if data.ndim == 3 else data
+    write_ome_zarr(tmp_path / "p.zarr", da.from_array(yxc, chunks=100), name="p", shard=chunk * 2, chunk=chunk,
+                   min_side=60)  # fmt: skip
+    write_ome_tiff(tmp_path / "p.ome.tif", tmp_path / "p.zarr", tile=48 if chunk == 64 else 64)
+    group = zarr.open_group(str(tmp_path / "p.zarr"), mode="r")
+    with tifffile.TiffFile(tmp_path / "p.ome.tif") as tif:
+        levels = tif.series[0].levels
+        assert len(levels) == len(list(group.array_keys())) >= 3
+        for i, level in enumerate(levels):
+            np.testing.assert_array_equal(level.asarray(), np.asarray(group[str(i)][...]))
