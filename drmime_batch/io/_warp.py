@@ -189,11 +189,14 @@ def resample_window(
     order: int = 1,
     cval: float = 0.0,
     use_numba: bool | None = None,
+    planar: bool = False,
 ) -> np.ndarray:
     """Backward-warp an in-memory ``(h, w[, c])`` array: ``out[i, j] = src(matrix @ (x, y, 1))``.
 
     ``(x, y) = (origin[1] + j, origin[0] + i)``; ``matrix`` maps those output pixel coordinates
     to ``src`` pixel coordinates (homographies are divided through). Same dtype as ``src``.
+    ``planar``: the ``(h, w, c)`` result is a view of a C-ordered ``(c, h, w)`` buffer (the same
+    values; ``np.moveaxis(out, 2, 0)`` is then contiguous, the planes an OME-Zarr stores).
 
     Examples
     --------
@@ -211,7 +214,7 @@ def resample_window(
         raise ConfigError(f"matrix must be 3x3, got shape {m.shape}")
     squeeze = src.ndim == 2
     src3 = src[..., None] if squeeze else src
-    out = np.empty((int(out_shape[0]), int(out_shape[1]), src3.shape[2]), dtype=src.dtype)
+    out = _empty_out((int(out_shape[0]), int(out_shape[1]), src3.shape[2]), src.dtype, planar)
     if out.size:
         if use_numba is None:
             use_numba = _kernel_nb is not None
@@ -222,6 +225,13 @@ def resample_window(
         else:
             _resample_scipy(src3, m, int(origin[0]), int(origin[1]), out, order, cval)
     return out[..., 0] if squeeze else out
+
+
+def _empty_out(shape: tuple[int, int, int], dtype: Any, planar: bool) -> np.ndarray:
+    """An empty ``(h, w, c)`` output; ``planar``: a view of a C-ordered ``(c, h, w)`` buffer."""
+    if planar:
+        return np.empty((shape[2], shape[0], shape[1]), dtype=dtype).transpose(1, 2, 0)
+    return np.empty(shape, dtype=dtype)
 
 
 def _source_window(
@@ -273,7 +283,7 @@ def _warp_block_displaced(
     src = np.asarray(source[wy0:wy1, wx0:wx1])
     src3 = src[..., None] if src.ndim == 2 else src
     to_window = np.array([[1.0, 0.0, -wx0], [0.0, 1.0, -wy0], [0.0, 0.0, 1.0]]) @ matrix
-    out = np.empty((y1 - y0, x1 - x0, src3.shape[2]), dtype=src.dtype)
+    out = _empty_out((y1 - y0, x1 - x0, src3.shape[2]), src.dtype, planar=True)
     is_int, lo, hi = _int_range(src.dtype)
     _kernel_nb(src3, np.ascontiguousarray(to_window), int(y0), int(x0), out, int(order), float(cval), is_int, lo, hi,
                disp)
@@ -372,7 +382,7 @@ def _warp_block(
     wy0, wy1, wx0, wx1 = window
     src = np.asarray(source[wy0:wy1, wx0:wx1])
     to_window = np.array([[1.0, 0.0, -wx0], [0.0, 1.0, -wy0], [0.0, 0.0, 1.0]]) @ matrix
-    return resample_window(src, to_window, out_shape[:2], origin=(y0, x0), order=order, cval=cval)
+    return resample_window(src, to_window, out_shape[:2], origin=(y0, x0), order=order, cval=cval, planar=True)
 
 
 def _normalise_chunks(chunks: int | Sequence[int] | None, shape: tuple[int, int]) -> tuple[tuple[int, ...], ...]:

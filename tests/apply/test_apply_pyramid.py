@@ -80,3 +80,14 @@ def test_ome_tiff_export_keeps_every_level_exactly(tmp_path: Path, shape: tuple[
         assert len(levels) == len(list(group.array_keys())) >= 3
         for i, level in enumerate(levels):
             np.testing.assert_array_equal(level.asarray(), np.asarray(group[str(i)][...]))
+
+
+def test_all_zero_shards_are_not_stored(tmp_path: Path) -> None:
+    import zarr
+
+    data = np.full((300, 400), 9, dtype=np.uint8)
+    data[:128, :128] = 0  # exactly shard (0, 0) of level 0
+    write_ome_zarr(tmp_path / "p.zarr", da.from_array(data, chunks=100), name="p", shard=128, chunk=64, min_side=100)
+    chunk_dir = tmp_path / "p.zarr" / "0" / "c"
+    assert not (chunk_dir / "0" / "0").exists() and (chunk_dir / "0" / "1").exists()
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "p.zarr" / "0"), mode="r")[...], data)
