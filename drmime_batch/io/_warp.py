@@ -151,6 +151,27 @@ _kernel_nb = (
 )
 
 
+def _grid_disp_py(rows: np.ndarray, ix: np.ndarray, fx: np.ndarray, out: np.ndarray) -> None:
+    """``out[i, j, k] = rows[k, i, ix[j]] * (1 - fx[j]) + rows[k, i, ix[j] + 1] * fx[j]``.
+
+    :meth:`DisplacementField.on_grid`'s last step, transposed to ``(h, w, 2)`` for the kernel:
+    the same operations per value (so the same bits), without its full-block temporaries.
+    """
+    bh, bw = out.shape[0], out.shape[1]
+    for i in range(bh):
+        for j in range(bw):
+            a = ix[j]
+            f = fx[j]
+            g = 1 - f
+            for k in range(2):
+                out[i, j, k] = rows[k, i, a] * g + rows[k, i, a + 1] * f
+
+
+_grid_disp_nb = (
+    _numba.njit(nogil=True, cache=True, error_model="numpy")(_grid_disp_py) if _numba is not None else None
+)
+
+
 def _resample_scipy(
     src: np.ndarray, m: np.ndarray, y0: int, x0: int, out: np.ndarray, order: int, cval: float
 ) -> None:
@@ -309,15 +330,18 @@ def _warp_block_field(
     shape = source.shape
     out_shape = (y1 - y0, x1 - x0, *shape[2:])
     xs, ys = np.arange(x0, x1, dtype=np.float64), np.arange(y0, y1, dtype=np.float64)
+    if not inverse_field and _kernel_nb is not None and _grid_disp_nb is not None:
+        # compiled: the displacement (separable), then the matrix, with no full-block temporaries
+        rows, ix, fx = field.grid_rows(xs, ys)
+        disp = np.empty((y1 - y0, x1 - x0, 2), dtype=np.float64)
+        _grid_disp_nb(np.ascontiguousarray(rows), ix, fx, disp)
+        return _warp_block_displaced(source, matrix, disp, y0, y1, x0, x1, order, cval)
     yy, xx = np.meshgrid(ys, xs, indexing="ij")
     if inverse_field:  # matrix is M^-1 here: the inverse map of a deformable transform
         p = np.c_[xx.ravel(), yy.ravel()]
         q = field.invert(map_points(matrix, None, p))
     else:  # the displacement of a whole block at once (separable), then the matrix
         d = field.on_grid(xs, ys)
-        if _kernel_nb is not None:  # compiled: one pass, no per-pixel temporaries
-            return _warp_block_displaced(source, matrix, np.ascontiguousarray(d.transpose(1, 2, 0)),
-                                         y0, y1, x0, x1, order, cval)
         q = map_points(matrix, None, np.c_[(xx + d[0]).ravel(), (yy + d[1]).ravel()])
     ok = np.isfinite(q).all(axis=1)
     if not ok.any():

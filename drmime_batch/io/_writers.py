@@ -377,8 +377,9 @@ def write_registered(
 
     ``format="ome-zarr"``: an OME-Zarr 0.5 multiscale at ``OUT/<pair_id>/registered`` (zarr v3,
     2048-pixel shards of 512-pixel zstd chunks, each shard written by exactly one dask task,
-    pyramid levels built from the written base level). ``format="ome-tiff"``: a pyramidal tiled
-    OME-TIFF at ``OUT/<pair_id>/registered.ome.tif`` (made from a temporary OME-Zarr).
+    every pyramid level halved from the blocks of the level above in the same computation).
+    ``format="ome-tiff"``: a pyramidal tiled OME-TIFF at ``OUT/<pair_id>/registered.ome.tif``
+    (made from a temporary OME-Zarr, compressed with zstd level 1 since it is read only once).
 
     Computes ``data`` with the active dask scheduler (the current distributed ``Client`` if any).
 

@@ -4,7 +4,8 @@ The slide is any file :func:`drmime_batch.io.open_image` reads (another stain of
 section, a tissue mask, a label image). The chunked warp of :mod:`drmime_batch.io._warp` builds
 it lazily, block by block, each task reading only the source window it needs, so peak memory is a
 few blocks per thread whatever the slide's size; the OME writers of :mod:`drmime_batch.io._omezarr`
-write it (2048-pixel shards, pyramid levels from the written base).
+write it (2048-pixel shards; each pyramid level halved from the blocks of the level above while
+they are in memory).
 
 Output: ``*.zarr`` (e.g. ``OUT.ome.zarr``) is an OME-Zarr 0.5 multiscale group;
 ``*.tif``/``*.tiff`` (e.g. ``OUT.ome.tif``) a tiled, compressed, pyramidal OME-TIFF. Either is
