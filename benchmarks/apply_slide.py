@@ -6,8 +6,9 @@ small rotation and shift, fixed = moving = the slide), then runs, each in its ow
 so that the peak RSS (``ru_maxrss`` of that process, from ``os.wait4``) is that phase's alone:
 
 - ``copy`` (the peer): the same slide's level 0 read by the same lazy reader and stored by dask
-  into a zarr v3 array with the same shards (2048), chunks (512) and codec (zstd-3): a plain
-  chunked copy, no resampling, no pyramid;
+  into a zarr v3 array with the same shards (2048), chunks (512), codec (zstd-3) and write
+  setting (``write_empty_chunks=True``: zarr's per-chunk test against the fill value skipped,
+  as the OME-Zarr writer skips it) as the output: a plain chunked copy, no resampling, no pyramid;
 - ``apply``: ``python -m drmime_batch apply slide STORE pair SLIDE --out OUT.ome.zarr`` (the real
   command: warp at full resolution, base level, pyramid levels, atomic rename), timed from the
   process start, imports included;
@@ -116,7 +117,7 @@ def copy_phase(src: Path, dst: Path) -> None:
     level = open_image(src).levels[0].rechunk((SHARD, SHARD, 3))  # one task per shard, as the warp
     arr = zarr.create_array(
         store=str(dst), shape=level.shape, dtype=level.dtype, chunks=(CHUNK, CHUNK, 3), shards=(SHARD, SHARD, 3),
-        compressors=ZstdCodec(level=3), fill_value=0, zarr_format=3,
+        compressors=ZstdCodec(level=3), fill_value=0, zarr_format=3, config={"write_empty_chunks": True},
     )  # fmt: skip
     da.store(level, arr, lock=False)
 

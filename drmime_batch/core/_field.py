@@ -100,6 +100,17 @@ class DisplacementField:
         >>> bool(np.allclose(f.on_grid([1.0, 3.0], [2.0])[:, 0, :].T, f.displacement([[1.0, 2.0], [3.0, 2.0]])))
         True
         """
+        rows, ix, fx = self.grid_rows(xs, ys)
+        out: Array = rows[:, :, ix] * (1 - fx) + rows[:, :, ix + 1] * fx
+        return out
+
+    def grid_rows(self, xs: Any, ys: Any) -> tuple[Array, NDArray[np.intp], Array]:
+        """The first, row-wise half of :meth:`on_grid`: ``(rows, ix, fx)``.
+
+        ``rows`` ``(2, len(ys), grid width)`` is the field interpolated along y at every row;
+        ``on_grid = rows[:, :, ix] * (1 - fx) + rows[:, :, ix + 1] * fx`` (a compiled kernel can
+        finish it pixel by pixel with the same operations, without full-block temporaries).
+        """
         gh, gw = self.grid_shape
 
         def axis(v: Any, origin: float, spacing: float, n: int) -> tuple[NDArray[np.intp], Array]:
@@ -110,8 +121,7 @@ class DisplacementField:
         ix, fx = axis(xs, self.origin[0], self.spacing[0], gw)
         iy, fy = axis(ys, self.origin[1], self.spacing[1], gh)
         rows = (self.forward[:, iy, :] * (1 - fy)[None, :, None] + self.forward[:, iy + 1, :] * fy[None, :, None])
-        out: Array = rows[:, :, ix] * (1 - fx) + rows[:, :, ix + 1] * fx
-        return out
+        return rows, ix, fx
 
     def invert(self, xy: Any, *, iterations: int = 8) -> Array:
         """The fixed pixels ``p`` with ``p + d(p) = xy``: the stored inverse, polished by fixed-point steps.

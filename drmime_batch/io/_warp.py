@@ -68,6 +68,11 @@ def _kernel_py(
     bh, bw, nc = out.shape
     h, w = src.shape[0], src.shape[1]
     has_disp = disp.shape[0] > 0
+    m00, m01, m02 = m[0, 0], m[0, 1], m[0, 2]
+    m10, m11, m12 = m[1, 0], m[1, 1], m[1, 2]
+    m20, m21, m22 = m[2, 0], m[2, 1], m[2, 2]
+    # an affine matrix has den == 0 * x + 0 * y + 1 == 1.0 exactly: dividing by it changes no bit
+    affine = m20 == 0.0 and m21 == 0.0 and m22 == 1.0
     for i in range(bh):
         for j in range(bw):
             yo = float(y0 + i)
@@ -75,13 +80,17 @@ def _kernel_py(
             if has_disp:
                 xo += disp[i, j, 0]
                 yo += disp[i, j, 1]
-            den = m[2, 0] * xo + m[2, 1] * yo + m[2, 2]
-            if den <= 0.0:
-                for c in range(nc):
-                    out[i, j, c] = cval
-                continue
-            xs = (m[0, 0] * xo + m[0, 1] * yo + m[0, 2]) / den
-            ys = (m[1, 0] * xo + m[1, 1] * yo + m[1, 2]) / den
+            if affine:
+                xs = m00 * xo + m01 * yo + m02
+                ys = m10 * xo + m11 * yo + m12
+            else:
+                den = m20 * xo + m21 * yo + m22
+                if den <= 0.0:
+                    for c in range(nc):
+                        out[i, j, c] = cval
+                    continue
+                xs = (m00 * xo + m01 * yo + m02) / den
+                ys = (m10 * xo + m11 * yo + m12) / den
             if order == 0:
                 xi = int(np.floor(xs + 0.5))
                 yi = int(np.floor(ys + 0.5))
@@ -142,6 +151,27 @@ _kernel_nb = (
 )
 
 
+def _grid_disp_py(rows: np.ndarray, ix: np.ndarray, fx: np.ndarray, out: np.ndarray) -> None:
+    """``out[i, j, k] = rows[k, i, ix[j]] * (1 - fx[j]) + rows[k, i, ix[j] + 1] * fx[j]``.
+
+    :meth:`DisplacementField.on_grid`'s last step, transposed to ``(h, w, 2)`` for the kernel:
+    the same operations per value (so the same bits), without its full-block temporaries.
+    """
+    bh, bw = out.shape[0], out.shape[1]
+    for i in range(bh):
+        for j in range(bw):
+            a = ix[j]
+            f = fx[j]
+            g = 1 - f
+            for k in range(2):
+                out[i, j, k] = rows[k, i, a] * g + rows[k, i, a + 1] * f
+
+
+_grid_disp_nb = (
+    _numba.njit(nogil=True, cache=True, error_model="numpy")(_grid_disp_py) if _numba is not None else None
+)
+
+
 def _resample_scipy(
     src: np.ndarray, m: np.ndarray, y0: int, x0: int, out: np.ndarray, order: int, cval: float
 ) -> None:
@@ -180,11 +210,14 @@ def resample_window(
     order: int = 1,
     cval: float = 0.0,
     use_numba: bool | None = None,
+    planar: bool = False,
 ) -> np.ndarray:
     """Backward-warp an in-memory ``(h, w[, c])`` array: ``out[i, j] = src(matrix @ (x, y, 1))``.
 
     ``(x, y) = (origin[1] + j, origin[0] + i)``; ``matrix`` maps those output pixel coordinates
     to ``src`` pixel coordinates (homographies are divided through). Same dtype as ``src``.
+    ``planar``: the ``(h, w, c)`` result is a view of a C-ordered ``(c, h, w)`` buffer (the same
+    values; ``np.moveaxis(out, 2, 0)`` is then contiguous, the planes an OME-Zarr stores).
 
     Examples
     --------
@@ -202,7 +235,7 @@ def resample_window(
         raise ConfigError(f"matrix must be 3x3, got shape {m.shape}")
     squeeze = src.ndim == 2
     src3 = src[..., None] if squeeze else src
-    out = np.empty((int(out_shape[0]), int(out_shape[1]), src3.shape[2]), dtype=src.dtype)
+    out = _empty_out((int(out_shape[0]), int(out_shape[1]), src3.shape[2]), src.dtype, planar)
     if out.size:
         if use_numba is None:
             use_numba = _kernel_nb is not None
@@ -213,6 +246,13 @@ def resample_window(
         else:
             _resample_scipy(src3, m, int(origin[0]), int(origin[1]), out, order, cval)
     return out[..., 0] if squeeze else out
+
+
+def _empty_out(shape: tuple[int, int, int], dtype: Any, planar: bool) -> np.ndarray:
+    """An empty ``(h, w, c)`` output; ``planar``: a view of a C-ordered ``(c, h, w)`` buffer."""
+    if planar:
+        return np.empty((shape[2], shape[0], shape[1]), dtype=dtype).transpose(1, 2, 0)
+    return np.empty(shape, dtype=dtype)
 
 
 def _source_window(
@@ -264,7 +304,7 @@ def _warp_block_displaced(
     src = np.asarray(source[wy0:wy1, wx0:wx1])
     src3 = src[..., None] if src.ndim == 2 else src
     to_window = np.array([[1.0, 0.0, -wx0], [0.0, 1.0, -wy0], [0.0, 0.0, 1.0]]) @ matrix
-    out = np.empty((y1 - y0, x1 - x0, src3.shape[2]), dtype=src.dtype)
+    out = _empty_out((y1 - y0, x1 - x0, src3.shape[2]), src.dtype, planar=True)
     is_int, lo, hi = _int_range(src.dtype)
     _kernel_nb(src3, np.ascontiguousarray(to_window), int(y0), int(x0), out, int(order), float(cval), is_int, lo, hi,
                disp)
@@ -290,15 +330,18 @@ def _warp_block_field(
     shape = source.shape
     out_shape = (y1 - y0, x1 - x0, *shape[2:])
     xs, ys = np.arange(x0, x1, dtype=np.float64), np.arange(y0, y1, dtype=np.float64)
+    if not inverse_field and _kernel_nb is not None and _grid_disp_nb is not None:
+        # compiled: the displacement (separable), then the matrix, with no full-block temporaries
+        rows, ix, fx = field.grid_rows(xs, ys)
+        disp = np.empty((y1 - y0, x1 - x0, 2), dtype=np.float64)
+        _grid_disp_nb(np.ascontiguousarray(rows), ix, fx, disp)
+        return _warp_block_displaced(source, matrix, disp, y0, y1, x0, x1, order, cval)
     yy, xx = np.meshgrid(ys, xs, indexing="ij")
     if inverse_field:  # matrix is M^-1 here: the inverse map of a deformable transform
         p = np.c_[xx.ravel(), yy.ravel()]
         q = field.invert(map_points(matrix, None, p))
     else:  # the displacement of a whole block at once (separable), then the matrix
         d = field.on_grid(xs, ys)
-        if _kernel_nb is not None:  # compiled: one pass, no per-pixel temporaries
-            return _warp_block_displaced(source, matrix, np.ascontiguousarray(d.transpose(1, 2, 0)),
-                                         y0, y1, x0, x1, order, cval)
         q = map_points(matrix, None, np.c_[(xx + d[0]).ravel(), (yy + d[1]).ravel()])
     ok = np.isfinite(q).all(axis=1)
     if not ok.any():
@@ -363,7 +406,7 @@ def _warp_block(
     wy0, wy1, wx0, wx1 = window
     src = np.asarray(source[wy0:wy1, wx0:wx1])
     to_window = np.array([[1.0, 0.0, -wx0], [0.0, 1.0, -wy0], [0.0, 0.0, 1.0]]) @ matrix
-    return resample_window(src, to_window, out_shape[:2], origin=(y0, x0), order=order, cval=cval)
+    return resample_window(src, to_window, out_shape[:2], origin=(y0, x0), order=order, cval=cval, planar=True)
 
 
 def _normalise_chunks(chunks: int | Sequence[int] | None, shape: tuple[int, int]) -> tuple[tuple[int, ...], ...]:

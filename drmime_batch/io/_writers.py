@@ -63,7 +63,7 @@ from drmime_batch.core._field import DisplacementField
 from drmime_batch.errors import ConfigError, IncompleteOutputError, OutputStoreError
 from drmime_batch.io._atomic import new_write_id, remove_path, replace_path, staging, sweep_staging
 from drmime_batch.io._fs import Location, basename, exists, is_url, join, location, read_bytes, stamp
-from drmime_batch.io._omezarr import write_ome_tiff, write_ome_zarr
+from drmime_batch.io._omezarr import SCRATCH_ZSTD_LEVEL, write_ome_tiff, write_ome_zarr
 
 __all__ = ["pair_is_complete", "read_marker", "read_transform", "write_registered", "write_transform"]
 
@@ -377,8 +377,9 @@ def write_registered(
 
     ``format="ome-zarr"``: an OME-Zarr 0.5 multiscale at ``OUT/<pair_id>/registered`` (zarr v3,
     2048-pixel shards of 512-pixel zstd chunks, each shard written by exactly one dask task,
-    pyramid levels built from the written base level). ``format="ome-tiff"``: a pyramidal tiled
-    OME-TIFF at ``OUT/<pair_id>/registered.ome.tif`` (made from a temporary OME-Zarr).
+    every pyramid level halved from the blocks of the level above in the same computation).
+    ``format="ome-tiff"``: a pyramidal tiled OME-TIFF at ``OUT/<pair_id>/registered.ome.tif``
+    (made from a temporary OME-Zarr, compressed with zstd level 1 since it is read only once).
 
     Computes ``data`` with the active dask scheduler (the current distributed ``Client`` if any).
 
@@ -423,7 +424,8 @@ def write_registered(
     else:
         scratch_final = join(pair_dir, "registered")
         with staging(scratch_final, in_place=False) as scratch, staging(final) as tmp:
-            write_ome_zarr(scratch, data, name=pair_id, pixel_size=pixel_size, labels=labels, attributes=own)
+            write_ome_zarr(scratch, data, name=pair_id, pixel_size=pixel_size, labels=labels, attributes=own,
+                           zstd_level=SCRATCH_ZSTD_LEVEL)
             write_ome_tiff(tmp, scratch, pixel_size=pixel_size)
             replace_path(tmp, final)
             remove_path(scratch)

@@ -3,8 +3,9 @@
 Axes ``(z, c, y, x)``: z = section order, c = channels (RGB slides give 3), y/x = the reference's
 full-resolution grid. Each slide is one lazy chunked warp (:func:`drmime_batch.io.warp`), stored
 chunk by chunk, so memory stays bounded by a few chunks whatever the slide size; lower levels are
-2x means of the level written before (read back a shard at a time). Written into a staging name
-and moved into place: an interrupted write never looks finished.
+2x means of the level above, made from its chunks while they are in memory (all levels are stored
+by one dask computation: nothing is read back). Written into a staging name and moved into
+place: an interrupted write never looks finished.
 """
 
 from __future__ import annotations
@@ -97,17 +98,19 @@ def write_stack(
     shapes: list[tuple[int, ...]] = []
     with staging(final) as tmp:
         group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
-        index = 0
+        sources: list[da.Array] = []
+        targets: list[Any] = []
         while True:
             chunks = (1, channels, min(_CHUNK, level.shape[2]), min(_CHUNK, level.shape[3]))
-            stored = group.create_array(str(index), shape=level.shape, dtype=level.dtype, chunks=chunks,
+            stored = group.create_array(str(len(targets)), shape=level.shape, dtype=level.dtype, chunks=chunks,
                                         dimension_names=["z", "c", "y", "x"], fill_value=0)
-            da.store(level.rechunk(chunks), stored, lock=False, compute=True)  # type: ignore[arg-type]
+            sources.append(level.rechunk(chunks))  # one task per chunk: no two tasks write one chunk
+            targets.append(stored)
             shapes.append(tuple(int(v) for v in stored.shape))
             if max(stored.shape[-2:]) <= _MIN_SIDE or min(stored.shape[-2:]) < 2:
                 break
-            level = _halve_yx(da.from_zarr(stored))
-            index += 1
+            level = _halve_yx(sources[-1])  # from the chunks of the level above, in memory
+        da.store(sources, targets, lock=False, compute=True)
         px, py = pixel_size if pixel_size is not None else (1.0, 1.0)
         datasets = []
         for i, shp in enumerate(shapes):

@@ -4,7 +4,8 @@ The slide is any file :func:`drmime_batch.io.open_image` reads (another stain of
 section, a tissue mask, a label image). The chunked warp of :mod:`drmime_batch.io._warp` builds
 it lazily, block by block, each task reading only the source window it needs, so peak memory is a
 few blocks per thread whatever the slide's size; the OME writers of :mod:`drmime_batch.io._omezarr`
-write it (2048-pixel shards, pyramid levels from the written base).
+write it (2048-pixel shards; each pyramid level halved from the blocks of the level above while
+they are in memory).
 
 Output: ``*.zarr`` (e.g. ``OUT.ome.zarr``) is an OME-Zarr 0.5 multiscale group;
 ``*.tif``/``*.tiff`` (e.g. ``OUT.ome.tif``) a tiled, compressed, pyramidal OME-TIFF. Either is
@@ -149,7 +150,7 @@ def warp_slide(
     from drmime_batch.io import open_image
     from drmime_batch.io._atomic import remove_path, replace_path, staging
     from drmime_batch.io._fs import basename, is_url, join, location
-    from drmime_batch.io._omezarr import SHARD_SIDE, write_ome_tiff, write_ome_zarr
+    from drmime_batch.io._omezarr import SCRATCH_ZSTD_LEVEL, SHARD_SIDE, write_ome_tiff, write_ome_zarr
 
     fmt = output_format(out)
     code = _order(order)
@@ -186,7 +187,8 @@ def warp_slide(
             )
             with staging(scratch_name, in_place=False) as scratch, staging(final) as tmp:
                 try:
-                    write_ome_zarr(scratch, data, name=name, pixel_size=pixel_size, labels=labels, attributes=record)
+                    write_ome_zarr(scratch, data, name=name, pixel_size=pixel_size, labels=labels, attributes=record,
+                                   zstd_level=SCRATCH_ZSTD_LEVEL)
                     write_ome_tiff(tmp, scratch, pixel_size=pixel_size)
                     replace_path(tmp, final)
                 finally:

@@ -145,3 +145,21 @@ def test_runs_on_distributed_process_workers(ome_tiff: Path, rgb_slide: np.ndarr
             got = client.compute(warp(moving, m, like=moving, chunks=128)).result()
     ref = scipy_reference(rgb_slide, m, rgb_slide.shape[:2])
     assert np.abs(got.astype(float) - ref).max() <= 0.5 + 1e-6
+
+
+def test_compiled_block_displacement_is_on_grid_bit_for_bit() -> None:
+    from drmime_batch.core._field import DisplacementField
+    from drmime_batch.io._warp import _grid_disp_nb, _grid_disp_py
+
+    rng = np.random.default_rng(7)
+    forward = rng.normal(0, 3, (2, 9, 12))
+    field = DisplacementField(forward, -forward, origin=(-5.0, 3.0), spacing=(37.5, 41.0))
+    xs, ys = np.arange(-20, 480, dtype=np.float64), np.arange(10, 370, dtype=np.float64)  # past the grid too
+    want = field.on_grid(xs, ys).transpose(1, 2, 0)
+    rows, ix, fx = field.grid_rows(xs, ys)
+    for kernel in (_grid_disp_py, _grid_disp_nb):
+        if kernel is None:
+            continue
+        got = np.empty(want.shape)
+        kernel(np.ascontiguousarray(rows), ix, fx, got)
+        np.testing.assert_array_equal(got, want)
