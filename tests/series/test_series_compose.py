@@ -116,3 +116,23 @@ def test_run_hook_composes_finished_series_once_and_logs_one_line(series):
     compose_after_run(queue, warp=False, log=lines.append)
     compose_after_run(queue, warp=False, log=lines.append)  # unchanged since: not again
     assert lines == ["series S: partial (missing s0)"]
+
+
+def test_apply_points_with_a_series_entry_maps_a_slide_into_the_reference_frame(series, capsys):
+    queue, plan, tmp = series
+    _finish(queue, plan, fail={"S--s1--s0"})
+    compose_series(queue, "S", warp=False)
+    out = tmp / "s3-on-s1.csv"
+    assert main(["apply", "points", str(tmp / "o.zarr"), "S/s3", str(tmp / "s3.csv"), "--out", str(out)]) == 0
+    assert "3 points" in capsys.readouterr().out
+    mapped = np.loadtxt(out, delimiter=",", skiprows=1, usecols=(1, 2))
+    np.testing.assert_allclose(mapped, np.loadtxt(tmp / "s1.csv", delimiter=",", skiprows=1, usecols=(1, 2)),
+                               atol=1e-9)  # s3's landmarks land on the reference's
+    back = tmp / "back.csv"
+    assert main(["apply", "points", str(tmp / "o.zarr"), "S/s3", str(out), "--out", str(back), "--inverse"]) == 0
+    np.testing.assert_allclose(np.loadtxt(back, delimiter=",", skiprows=1, usecols=(1, 2)),
+                               np.loadtxt(tmp / "s3.csv", delimiter=",", skiprows=1, usecols=(1, 2)), atol=1e-9)
+    # the missing slide: one line, the entries there named
+    assert main(["apply", "points", str(tmp / "o.zarr"), "S/s0", str(tmp / "s3.csv"), "--out", str(out)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no entry 'S/s0'" in err

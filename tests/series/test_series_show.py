@@ -162,3 +162,13 @@ def test_waiting_series_says_so_before_composition(tmp_path, capsys):
         ("s0", "waiting", 1), ("s1", "waiting", 2), ("s2", "waiting", 1)]
     assert main(["status", "--queue", str(tmp_path / "q.sqlite")]) == 0
     assert "series S: 3 slides, reference s1, waiting; links pending 2" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_apply_points_brings_a_registered_slide_onto_the_reference(real_series, capsys):
+    tmp, queue, store = real_series
+    out = tmp / "s2-on-s1.csv"
+    assert main(["apply", "points", str(store), "S/s2", str(tmp / "s2.csv"), "--out", str(out)]) == 0
+    mapped = np.loadtxt(out, delimiter=",", skiprows=1, usecols=(1, 2))
+    np.testing.assert_allclose(mapped, POINTS - CORNERS["s1"], atol=1.0)  # within a pixel of the truth
