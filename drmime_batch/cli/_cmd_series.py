@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any, Callable
 
 from drmime_batch.cli._options import add_registration_arguments, registration_options
@@ -30,6 +31,10 @@ def _cmd_submit_series(args: argparse.Namespace) -> int:
     options = registration_options(args)
     with Queue.open(args.queue, create=True) as queue:
         added = submit_series(queue, plan, out=args.out, options=options)
+    if options.get("deformable"):
+        print(f"drmime-batch submit-series: note: series {plan.series_id!r} is deformable: each link's displacement "
+              "field stays with its pair, the series composes the links' matrices only (composing fields along a "
+              "series is not done yet)", file=sys.stderr)
     if not args.quiet:
         _print(f"queued series {plan.series_id!r}: {len(plan.slides)} slides, reference {plan.reference}, "
                f"{len(added)} link(s) in {args.queue}")

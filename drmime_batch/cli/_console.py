@@ -132,7 +132,9 @@ def series_table(record: dict[str, Any]) -> Group:
              + (f" (last composition: {record['composition']})"
                 if record["composition"] and record["composition"] != record["state"] else "")
              + f"; links {links}"
-             + (f"; median rTRE {_fmt(record['rtre_median'], '.4f')}" if record["rtre_median"] is not None else ""))
+             + (f"; median rTRE {_fmt(record['rtre_median'], '.4f')}" if record["rtre_median"] is not None else "")
+             + (f"; {len(record['fields_not_composed'])} deformable link(s): matrices composed, fields not (yet)"
+                if record.get("fields_not_composed") else ""))
     slides = record["slides"]
     with_landmarks = any(r["identity_rtre_median"] is not None for r in slides)
     with_floor = any(r.get("floor_rtre_median") is not None for r in slides)

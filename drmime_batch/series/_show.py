@@ -103,7 +103,8 @@ def series_rows(queue: Queue, *, rescore: bool = False, floor: bool = True) -> l
         ``series_id``, ``reference``, ``out``, ``state`` (``composed``, ``partial``, ``waiting``:
         links still pending or running, ``not composed``), ``composition`` (the last composition's
         state, or None), ``links`` (count per state), ``missing``, ``stack``, ``composed_at``,
-        ``rtre_median`` (median over the scored slides but the reference, or None) and ``slides``:
+        ``rtre_median`` (median over the scored slides but the reference, or None),
+        ``fields_not_composed`` (deformable links whose matrices only were composed) and ``slides``:
         per slide the :data:`SLIDE_KEYS` (plus ``landmark_error`` when rescoring failed).
         A slide's ``state`` is ``reference``, ``composed``, ``missing`` (``error`` says why),
         ``waiting`` or ``not composed``.
@@ -137,7 +138,8 @@ def series_rows(queue: Queue, *, rescore: bool = False, floor: bool = True) -> l
             "state": "waiting" if waiting else composition or "not composed", "composition": composition,
             "links": counts, "missing": [r["slide_id"] for r in slides if r["state"] == "missing"],
             "stack": (composed or {}).get("stack"), "composed_at": (composed or {}).get("composed_at"),
-            "rtre_median": median(scored) if scored else None, "slides": slides,
+            "rtre_median": median(scored) if scored else None,
+            "fields_not_composed": list((composed or {}).get("fields_not_composed") or []), "slides": slides,
         })
     return out
 
