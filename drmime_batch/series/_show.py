@@ -78,8 +78,9 @@ def _slide_row(slide: dict[str, Any], links: list[dict[str, Any]], composed: dic
     row["state"] = {"placed": "composed"}.get(state or "", state)
     row["chain"] = list(composed.get("links") or [])
     row["error"] = composed.get("error") or composed.get("landmarks_error")
-    row.update(_figures(composed.get("landmarks")))
-    row["chain_rtre_median"] = (composed.get("chain_landmarks") or {}).get("rtre_median")
+    if state != "reference":  # the reference onto itself scores 0: no figure to show
+        row.update(_figures(composed.get("landmarks")))
+        row["chain_rtre_median"] = (composed.get("chain_landmarks") or {}).get("rtre_median")
     return row
 
 

@@ -75,6 +75,7 @@ def _by_hand(store: Path, slide: str) -> tuple[float, float]:
 def _check_rows(rows: list[dict], store: Path) -> None:
     by = {r["slide_id"]: r for r in rows}
     assert by["s1"]["state"] == "reference" and by["s3"]["state"] == "missing"
+    assert by["s1"]["rtre_median"] is None and by["s3"]["rtre_median"] is None
     assert "S--s2--s3 failed" in by["s3"]["error"] and "S--s1--s3 failed" in by["s3"]["error"]
     assert (by["s3"]["links_done"], by["s3"]["links_total"]) == (0, 2)
     assert (by["s2"]["links_done"], by["s2"]["links_total"]) == (1, 2)  # s2--s3 failed
