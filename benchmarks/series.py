@@ -9,11 +9,21 @@
    (mean distance over a 5x5 grid inside the frame, pixels and relative to the diagonal) with and
    without the consistency step.
 
-Both run the real pipeline: ``submit-series`` pairs in a queue, ``run_queue`` on a LocalCluster,
+3. Scale (``--scale-slides N --scale-size S``; the issue's target is 100 slides of 10 000 x 10 000):
+   N generated tiled pyramidal OME-TIFFs (levels /1, /4, /16, JPEG tiles) under known random
+   affine steps, registered as one series and composed, with the stack warped at full resolution
+   (``--scale-no-warp`` skips it). The RSS of every worker process and of the driver is sampled
+   (psutil, every 0.5 s); prints the peak per worker, the driver's peak (it writes the stack),
+   slides per hour of the registrations and of the whole series, and the far end's error.
+   Level 0 is the /4 level's pixels repeated 4x4 (so generation stays cheap; registration reads
+   the /4 level, the stack warps level 0).
+
+All run the real pipeline: ``submit-series`` pairs in a queue, ``run_queue`` on a LocalCluster,
 ``compose_series``.
 
     python benchmarks/series.py                                   # defaults (slow on a laptop)
     python benchmarks/series.py --slides 8 --max-iterations 100 --max-size 384   # reduced
+    python benchmarks/series.py --skip-lung --skip-generated --scale-slides 100 --scale-size 10000
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import threading
 import time
 from pathlib import Path
 from statistics import median
@@ -43,12 +54,53 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
-def _run(queue: Any, args: argparse.Namespace) -> None:
+class _RssSampler:
+    """Peak RSS of this process and of each of its descendants (the cluster's workers), sampled."""
+
+    def __init__(self, every: float = 0.5) -> None:
+        import psutil
+
+        self.me = psutil.Process()
+        self.every = every
+        self.peaks: dict[int, tuple[str, int]] = {}
+        self.driver = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        import psutil
+
+        while not self._stop.wait(self.every):
+            self.driver = max(self.driver, self.me.memory_info().rss)
+            for child in self.me.children(recursive=True):
+                try:
+                    rss = child.memory_info().rss
+                    name = " ".join(child.cmdline())[-40:]
+                except psutil.Error:
+                    continue
+                old = self.peaks.get(child.pid, ("", 0))[1]
+                self.peaks[child.pid] = (name, max(old, rss))
+
+    def __enter__(self) -> _RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def worker_peaks(self) -> list[int]:
+        """Peak RSS of each descendant that ran work (the nannies' few MB are left out), largest first."""
+        return sorted((rss for _, rss in self.peaks.values() if rss > 150e6), reverse=True)
+
+
+def _run(queue: Any, args: argparse.Namespace) -> Any:
     from drmime_batch.engine import RunOptions, open_client, run_queue
 
     with open_client(workers=args.workers, threads_per_worker=1) as client:
         summary = run_queue(queue, client, options=RunOptions(warp=False))
     print(f"  ran {len(summary.done)} pair(s), {len(summary.failed)} failed", flush=True)
+    return summary
 
 
 def lung_series(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -181,6 +233,107 @@ def _chain_matrices(work: Path, plan: Any) -> dict[str, np.ndarray]:
     return chain_transforms(plan.reference, links)[0]
 
 
+def _make_slide(path: Path, size: int, truth: np.ndarray, rng: np.random.Generator, src: np.ndarray) -> None:
+    """One tiled pyramidal OME-TIFF ``size`` square: the H&E, scaled to the frame, under ``truth``."""
+    import tifffile
+    from scipy.ndimage import map_coordinates
+
+    tile, q = 256, size // 4
+    zoom = size / max(src.shape[:2])  # H&E pixel -> frame pixel (level 0)
+    inv = np.linalg.inv(truth)
+    yy, xx = np.mgrid[0:q, 0:q].astype(np.float64) * 4 + 1.5  # level-0 centre of each /4 pixel
+    pts = inv @ np.stack([xx.ravel(), yy.ravel(), np.ones(xx.size)])
+    he = [pts[1] / zoom, pts[0] / zoom]
+    img = np.stack([map_coordinates(src[..., k], he, order=1, cval=255.0).reshape(q, q) for k in range(3)], axis=-1)
+    stain = rng.uniform(0.8, 1.1, 3)
+    lvl4 = np.clip(255 - (255 - img) * stain + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+    del img, pts, he
+    n = -(-size // tile)
+    padded = np.full((n * tile // 4, n * tile // 4, 3), 255, np.uint8)
+    padded[:q, :q] = lvl4
+
+    def level0():
+        t4 = tile // 4
+        for i in range(n):
+            for j in range(n):
+                block = padded[i * t4:(i + 1) * t4, j * t4:(j + 1) * t4]
+                yield np.repeat(np.repeat(block, 4, axis=0), 4, axis=1)
+
+    def tiles(a: np.ndarray):
+        h, w = a.shape[:2]
+        for i in range(-(-h // tile)):
+            for j in range(-(-w // tile)):
+                out = np.full((tile, tile, 3), 255, np.uint8)
+                b = a[i * tile:(i + 1) * tile, j * tile:(j + 1) * tile]
+                out[:b.shape[0], :b.shape[1]] = b
+                yield out
+
+    opts: dict[str, Any] = {"tile": (tile, tile), "photometric": "rgb", "compression": "jpeg",
+                            "compressionargs": {"level": 90}}
+    lvl16 = np.ascontiguousarray(lvl4[::4, ::4])
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tw:
+        tw.write(level0(), shape=(size, size, 3), dtype=np.uint8, subifds=2,
+                 metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}, **opts)
+        for a in (lvl4, lvl16):
+            tw.write(tiles(a), shape=a.shape, dtype=np.uint8, subfiletype=1, metadata=None, **opts)
+
+
+def scale_series(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Many large generated slides as one series: peak RSS per worker, slides per hour, far-end error."""
+    from PIL import Image
+
+    from drmime_batch.queue import Queue
+    from drmime_batch.series import SeriesSlide, compose_series, plan_series, submit_series
+
+    n, size = args.scale_slides, args.scale_size
+    rng = np.random.default_rng(args.seed)
+    src = np.asarray(Image.open(EXAMPLE / "images" / f"{STAINS['He']}.jpg").convert("RGB"), dtype=np.float32)
+    c = np.array([size / 2, size / 2])
+    truth = {"z000": np.eye(3)}
+    slides = []
+    t0 = time.perf_counter()
+    for i in range(n):
+        sid = f"z{i:03d}"
+        if i:
+            a, sc = np.deg2rad(rng.normal(0, 1.5)), 1 + rng.normal(0, 0.01)
+            lin = sc * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+            step = np.eye(3)
+            step[:2, :2] = lin
+            step[:2, 2] = c - lin @ c + rng.normal(0, 0.007 * size, 2)
+            truth[sid] = step @ truth[f"z{i - 1:03d}"]
+        path = work / f"{sid}.ome.tif"
+        _make_slide(path, size, truth[sid], rng, src)
+        slides.append(SeriesSlide(sid, str(path)))
+    print(f"  generated {n} slides of {size} x {size} in {time.perf_counter() - t0:.0f} s", flush=True)
+    plan = plan_series("big", slides, reference="z000", skip=args.scale_skip)
+    with _RssSampler() as rss:
+        t0 = time.perf_counter()
+        with Queue.open(work / "big.sqlite", create=True) as queue:
+            submit_series(queue, plan, out=work / "big.zarr", options={**_options(args), "transform": "affine"})
+            run = _run(queue, args)
+            t_reg = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            summary = compose_series(queue, "big", warp=not args.scale_no_warp)
+            t_compose = time.perf_counter() - t1
+    seconds = time.perf_counter() - t0
+    workers = rss.worker_peaks()
+    diag = float(np.hypot(size, size))
+    gy, gx = np.mgrid[0.2:0.8:5j, 0.2:0.8:5j]
+    grid = np.stack([gx.ravel() * (size - 1), gy.ravel() * (size - 1), np.ones(25)])
+    far = plan.slide_ids[-1]
+    by = {s["slide_id"]: s for s in summary["slides"]}
+    far_px = None
+    if by[far].get("matrix") is not None:
+        a, b = np.asarray(by[far]["matrix"]) @ grid, truth[far] @ grid
+        far_px = float(np.mean(np.hypot(*(a[:2] / a[2] - b[:2] / b[2]))))
+    return {"slides": n, "size": size, "links": len(plan.links), "done": len(run.done), "failed": len(run.failed),
+            "state": summary["state"], "register_s": t_reg, "compose_s": t_compose, "seconds": seconds,
+            "slides_per_hour_register": n / t_reg * 3600, "slides_per_hour": n / seconds * 3600,
+            "worker_peak_rss_gb": [w / 1e9 for w in workers], "driver_peak_rss_gb": rss.driver / 1e9,
+            "far_end": far, "far_px": far_px, "far_rel": None if far_px is None else far_px / diag,
+            "stack": summary.get("stack") is not None}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--slides", type=int, default=30, help="sections of the generated series (default 30)")
@@ -191,10 +344,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-lung", action="store_true")
     p.add_argument("--skip-generated", action="store_true")
+    p.add_argument("--scale-slides", type=int, default=0, help="slides of the scale run (0: no scale run)")
+    p.add_argument("--scale-size", type=int, default=10_000, help="side of each scale slide (default 10000)")
+    p.add_argument("--scale-skip", type=int, default=2, help="longest link of the scale series (default 2)")
+    p.add_argument("--scale-no-warp", action="store_true", help="scale run without the full-resolution stack")
+    p.add_argument("--tmp", type=Path, help="scratch folder (default: the system's)")
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args(argv)
     results: dict[str, Any] = {"args": vars(args)}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         work = Path(tmp)
         if not args.skip_lung:
             print("lung-lesion-3 as one series (reference He) ...", flush=True)
@@ -213,6 +371,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"({gen['far_consistent_rel']:.4f}), chain {gen['far_chain_px']:.2f} px ({gen['far_chain_rel']:.4f}); "
                   f"mean over slides {gen['mean_consistent_px']:.2f} vs {gen['mean_chain_px']:.2f} px "
                   f"({gen['seconds']:.0f} s)", flush=True)
+        if args.scale_slides:
+            print(f"scale: {args.scale_slides} generated slides of {args.scale_size} x {args.scale_size} ...",
+                  flush=True)
+            big = results["scale"] = scale_series(args, work)
+            peaks = big["worker_peak_rss_gb"]
+            print(f"  {big['links']} links ({big['done']} done, {big['failed']} failed), {big['state']}; "
+                  f"registration {big['register_s']:.0f} s ({big['slides_per_hour_register']:.0f} slides/h), "
+                  f"composition{' + stack' if big['stack'] else ''} {big['compose_s']:.0f} s; "
+                  f"whole series {big['slides_per_hour']:.0f} slides/h", flush=True)
+            print(f"  peak RSS per worker: {', '.join(f'{p:.2f}' for p in peaks)} GB; driver {big['driver_peak_rss_gb']:.2f} GB; "
+                  f"far end {big['far_end']}: {big['far_px']} px ({big['far_rel']})", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     return 0

@@ -93,7 +93,7 @@ def _run_batch(args: argparse.Namespace, *, queue_path: Path) -> int:
                 console.print("nothing to run: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v),
                               markup=False, highlight=False)
             if args.json:
-                print(json.dumps([_status_dict(r) for r in rows], indent=2))
+                print(json.dumps(_status_list(queue, rows), indent=2))
             elif not args.quiet:
                 console.print(summary_table(rows))
             return 0 if counts["failed"] == 0 else 1
@@ -121,8 +121,9 @@ def _run_batch(args: argparse.Namespace, *, queue_path: Path) -> int:
 
                     compose_after_run(queue, warp=options.warp, log=view.log)
         rows = queue.rows()
+        listed = _status_list(queue, rows) if args.json else []
     if args.json:
-        print(json.dumps([_status_dict(r) for r in rows], indent=2))
+        print(json.dumps(listed, indent=2))
     elif not args.quiet:
         console.print(summary_table(rows))
     if summary.interrupted:
@@ -172,16 +173,34 @@ def _status_dict(row: Any) -> dict[str, Any]:
     }
 
 
+def _status_list(queue: Any, rows: list[Any]) -> list[dict[str, Any]]:
+    """``status --json``: one object per pair, ``series`` its place in a series (None for a plain pair)."""
+    from drmime_batch.series import series_links
+
+    links = series_links(queue)
+    return [{**_status_dict(r), "series": links.get(r.pair_id)} for r in rows]
+
+
+def _print_series(console: Any, records: list[dict[str, Any]]) -> None:
+    """One table per series (nothing when the queue holds none)."""
+    from drmime_batch.cli._console import series_table
+
+    for record in records:
+        console.print(series_table(record))
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from drmime_batch.queue import Queue
+    from drmime_batch.series import series_rows
 
     with Queue.open(args.queue) as queue:
         rows = queue.rows()
         counts = queue.counts()
         alive = queue.lock().is_held_elsewhere()
-    if args.json:
-        print(json.dumps([_status_dict(r) for r in rows], indent=2))
-        return 0
+        if args.json:
+            print(json.dumps(_status_list(queue, rows), indent=2))
+            return 0
+        series = series_rows(queue)
     from drmime_batch.cli._console import make_console, summary_table
 
     console = make_console()
@@ -190,6 +209,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         ", ".join(f"{k} {v}" for k, v in counts.items() if v) + ("; a run is active" if alive else ""),
         markup=False, highlight=False,
     )
+    _print_series(console, series)
     _print_tracebacks(rows, verbose=getattr(args, "verbose", 0))
     return 0
 
@@ -270,9 +290,11 @@ def _report_rows(rows: list[Any]) -> list[dict[str, Any]]:
 def _cmd_report(args: argparse.Namespace) -> int:
     from drmime_batch.cli._console import make_console, summary_table
     from drmime_batch.queue import Queue
+    from drmime_batch.series import series_rows
 
     with Queue.open(args.queue) as queue:
         rows = queue.rows()
+        series = series_rows(queue)
     console = make_console()
     console.print(summary_table(rows, title=f"Report of {args.queue}"))
     done = [r for r in rows if r.state == "done"]
@@ -288,6 +310,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             f"before → {median(lm['rtre_median'] for lm in lms):.4f} after",
             markup=False, highlight=False,
         )
+    _print_series(console, series)
     if args.html:
         from drmime_batch.evaluation import write_html_report
 

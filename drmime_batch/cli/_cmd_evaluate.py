@@ -28,7 +28,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
             "Score each done pair whose manifest gave landmarks (ANHIR ',X,Y' CSVs): rTRE = TRE / "
             "fixed-image diagonal, NAED, robustness against the identity, and the best affine fit "
             "of the landmarks as a floor. Prints a table per pair and a summary (median, mean, 90th "
-            "percentile)."
+            "percentile). A series (submit-series) gets a table of its slides: each slide's errors "
+            "into the reference frame, measured from its stored transform, beside the identity's, "
+            "plain chaining's and the affine floor of its landmarks onto the reference's."
         ),
     )
     p.add_argument("--queue", required=True, type=Path, help="the queue file (from 'submit')")
@@ -91,6 +93,15 @@ def _print_tables(records: Sequence[dict[str, Any]], summary: dict[str, dict[str
     console.print(stats)
 
 
+def _print_series(series: Sequence[dict[str, Any]]) -> None:
+    """Per series, its slides' errors into the reference frame, measured from the stored transforms."""
+    from drmime_batch.cli._console import make_console, series_table
+
+    console = make_console()
+    for record in series:
+        console.print(series_table(record))
+
+
 def _write_csv(path: Path, records: Sequence[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
@@ -106,13 +117,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Run ``evaluate``; 0 when every pair with landmarks could be scored, 1 otherwise."""
     from drmime_batch.evaluation import evaluate_rows, summarise_rows
     from drmime_batch.queue import Queue
+    from drmime_batch.series import series_rows
 
     with Queue.open(args.queue) as queue:
         rows = queue.rows()
+        series = series_rows(queue, rescore=True, floor=not args.no_floor)
     records = evaluate_rows(rows, floor=not args.no_floor)
     summary = summarise_rows(records)
     if args.json is not None:
-        text = json.dumps({"queue": str(args.queue), "pairs": records, "summary": summary}, indent=2)
+        text = json.dumps({"queue": str(args.queue), "pairs": records, "summary": summary, "series": series},
+                          indent=2)
         if args.json == "-":
             sys.stdout.write(text + "\n")
         else:
@@ -121,9 +135,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
             target.write_text(text + "\n", encoding="utf-8")
     else:
         _print_tables(records, summary, title=f"landmark errors: {args.queue}")
+        _print_series(series)
         if args.csv is not None:
             _write_csv(args.csv, records)
     failures = [r for r in records if r.get("landmark_error")]
     for r in failures:
         print(f"drmime-batch evaluate: pair {r['pair_id']}: {r['landmark_error']}", file=sys.stderr)
-    return 1 if failures else 0
+    unscored = [(s["series_id"], r) for s in series for r in s["slides"] if r.get("landmark_error")]
+    for series_id, r in unscored:
+        print(f"drmime-batch evaluate: series {series_id}, slide {r['slide_id']}: {r['landmark_error']}",
+              file=sys.stderr)
+    return 1 if failures or unscored else 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any, Callable
 
 from drmime_batch.cli._options import add_registration_arguments, registration_options
@@ -30,29 +31,25 @@ def _cmd_submit_series(args: argparse.Namespace) -> int:
     options = registration_options(args)
     with Queue.open(args.queue, create=True) as queue:
         added = submit_series(queue, plan, out=args.out, options=options)
+    if options.get("deformable"):
+        print(f"drmime-batch submit-series: note: series {plan.series_id!r} is deformable: each link's displacement "
+              "field stays with its pair, the series composes the links' matrices only (composing fields along a "
+              "series is not done yet)", file=sys.stderr)
     if not args.quiet:
         _print(f"queued series {plan.series_id!r}: {len(plan.slides)} slides, reference {plan.reference}, "
                f"{len(added)} link(s) in {args.queue}")
     return 0
 
 
-def _fmt(value: Any) -> str:
-    return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+def _print_tables(queue: Any, ids: list[str]) -> None:
+    """The per-slide table of each series of ``ids`` (:func:`drmime_batch.series.series_rows`)."""
+    from drmime_batch.cli._console import make_console, series_table
+    from drmime_batch.series import series_rows
 
-
-def _slide_lines(summary: dict[str, Any]) -> list[str]:
-    lines = []
-    for s in summary.get("slides") or []:
-        lm = s.get("landmarks") or {}
-        chain = s.get("chain_landmarks") or {}
-        text = f"  {s['slide_id']:<16} {s['state']:<9}"
-        if lm:
-            text += f" rTRE {_fmt(lm.get('rtre_median'))} (chain {_fmt(chain.get('rtre_median'))}, " \
-                    f"before {_fmt(lm.get('identity_rtre_median'))})"
-        if s.get("error"):
-            text += f" {s['error']}"
-        lines.append(text)
-    return lines
+    console = make_console()
+    for record in series_rows(queue):
+        if record["series_id"] in ids:
+            console.print(series_table(record))
 
 
 def _cmd_compose_series(args: argparse.Namespace) -> int:
@@ -63,40 +60,28 @@ def _cmd_compose_series(args: argparse.Namespace) -> int:
     with Queue.open(args.queue) as queue:
         ids = [args.series_id] if args.series_id else series_ids(queue)
         summaries = [compose_series(queue, sid, warp=not args.no_warp) for sid in ids]
-    if args.json:
-        print(json.dumps([{k: v for k, v in s.items() if k != "fingerprint"} for s in summaries], indent=2))
-    else:
-        for s in summaries:
-            _print(f"series {s['series_id']}: {s['state']} (reference {s['reference']}"
-                   + (f"; missing {', '.join(s['missing'])}" if s.get("missing") else "") + ")")
-            for line in _slide_lines(s):
-                _print(line)
+        if args.json:
+            print(json.dumps([{k: v for k, v in s.items() if k != "fingerprint"} for s in summaries], indent=2))
+        else:
+            _print_tables(queue, ids)
     return 0 if all(s["state"] == "composed" for s in summaries) else 1
 
 
 def _cmd_series_status(args: argparse.Namespace) -> int:
     from drmime_batch.queue import Queue
     from drmime_batch.queue._series_table import series_ids
-    from drmime_batch.series import series_status
+    from drmime_batch.series import series_rows, series_status
 
     with Queue.open(args.queue) as queue:
         ids = [args.series_id] if args.series_id else series_ids(queue)
         records = [series_status(queue, sid) for sid in ids]
-    if args.json:
-        print(json.dumps(records, indent=2))
-        return 0
-    if not records:
-        _print(f"no series in {args.queue}")
-    for rec in records:
-        states: dict[str, int] = {}
-        for link in rec["links"]:
-            states[link["state"]] = states.get(link["state"], 0) + 1
-        composed = rec["composed"] or {}
-        _print(f"series {rec['series_id']}: {len(rec['slides'])} slides, reference {rec['reference']}; links "
-               + ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
-               + f"; {composed.get('state', 'not composed yet')}")
-        for line in _slide_lines(composed):
-            _print(line)
+        if args.json:  # the links and the last composition, and the per-slide rows of status/report
+            rows = {r["series_id"]: r["slides"] for r in series_rows(queue)}
+            print(json.dumps([{**rec, "slide_rows": rows[rec["series_id"]]} for rec in records], indent=2))
+            return 0
+        if not records:
+            _print(f"no series in {args.queue}")
+        _print_tables(queue, ids)
     return 0
 
 

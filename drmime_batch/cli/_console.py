@@ -33,7 +33,7 @@ from rich.text import Text
 from drmime_batch.engine import RunEvent
 from drmime_batch.queue import PairRow
 
-__all__ = ["BatchView", "make_console", "pair_figures", "summary_table"]
+__all__ = ["BatchView", "make_console", "pair_figures", "series_table", "summary_table"]
 
 _STATE_STYLE = {"done": "green", "failed": "red", "running": "cyan", "pending": "yellow", "cancelled": "dim"}
 
@@ -114,6 +114,54 @@ def summary_table(rows: Iterable[PairRow], *, title: str | None = "Batch summary
             cells.append(Text(str(row.worker or ""), style="dim"))
         table.add_row(*cells)
     return table
+
+
+_SLIDE_STYLE = {"reference": "bold", "composed": "green", "missing": "red", "waiting": "yellow"}
+
+
+def series_table(record: dict[str, Any]) -> Group:
+    """A series' heading line and its slides, one a row: state, links finished / planned, rTRE into the
+    reference frame.
+
+    ``record`` is one item of :func:`drmime_batch.series.series_rows`; the floor columns appear
+    when its rows carry the affine floor (``evaluate``).
+    """
+    links = ", ".join(f"{k} {v}" for k, v in sorted(record["links"].items()))
+    title = (f"series {record['series_id']}: {len(record['slides'])} slides, reference {record['reference']}, "
+             f"{record['state']}"
+             + (f" (last composition: {record['composition']})"
+                if record["composition"] and record["composition"] != record["state"] else "")
+             + f"; links {links}"
+             + (f"; median rTRE {_fmt(record['rtre_median'], '.4f')}" if record["rtre_median"] is not None else "")
+             + (f"; {len(record['fields_not_composed'])} deformable link(s): matrices composed, fields not (yet)"
+                if record.get("fields_not_composed") else ""))
+    slides = record["slides"]
+    with_landmarks = any(r["identity_rtre_median"] is not None for r in slides)
+    with_floor = any(r.get("floor_rtre_median") is not None for r in slides)
+    table = Table()
+    table.add_column("slide")
+    table.add_column("state")
+    table.add_column("links", justify="right")
+    if with_landmarks:
+        table.add_column("rTRE median before → after", justify="right")
+        table.add_column("chained", justify="right")
+    if with_floor:
+        table.add_column("floor", justify="right")
+        table.add_column("÷ floor", justify="right")
+    table.add_column("why / chain", overflow="fold")
+    for r in slides:
+        cells: list[str | Text] = [r["slide_id"], Text(r["state"], style=_SLIDE_STYLE.get(r["state"], "")),
+                                   f"{r['links_done']}/{r['links_total']}"]
+        if with_landmarks:
+            after = r["rtre_median"]
+            cells.append("-" if after is None else f"{_fmt(r['identity_rtre_median'], '.4f')} → {_fmt(after, '.4f')}")
+            cells.append(_fmt(r["chain_rtre_median"], ".4f"))
+        if with_floor:
+            cells += [_fmt(r.get("floor_rtre_median"), ".4f"), _fmt(r.get("floor_ratio"), ".2f")]
+        note = r.get("error") or r.get("landmark_error")
+        cells.append(Text(note, style="red") if note else Text(" → ".join(r["chain"]), style="dim"))
+        table.add_row(*cells)
+    return Group(Text(title, style="bold"), table)
 
 
 class _RateColumn(ProgressColumn):

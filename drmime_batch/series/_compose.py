@@ -6,7 +6,8 @@ reference frame (:func:`~drmime_batch.series._consistent.solve_consistent`), wri
 them against the slides' landmarks and records a summary in the queue (``series-status``).
 
 Deformable links contribute their matrix (linear part) only: composing displacement fields along a
-series is not done yet.
+series is not done yet. Such links are named in the summary (``fields_not_composed``) and in every
+slide transform's ``series`` attributes; each link's field stays with its pair (``ID--F--M``).
 """
 
 from __future__ import annotations
@@ -136,6 +137,9 @@ def compose_series(
                 shapes.setdefault(slide_id, tuple(side.shape))
                 if side.pixel_size is not None:
                     pixel_sizes.setdefault(slide_id, side.pixel_size)
+    # deformable links: their matrices are composed, their displacement fields are not (yet)
+    linear_only = [k.pair_id for k in plan.links
+                   if k.pair_id in outcomes and (rows[k.pair_id].options or {}).get("deformable")]
     ref = plan.slide(plan.reference)
     if plan.reference not in shapes:
         from drmime_batch.evaluation._batch import image_shape
@@ -160,7 +164,8 @@ def compose_series(
                 store, sid, matrix,
                 attrs={"series": {"series_id": series_id, "reference": plan.reference, "slide": sid,
                                   "method": "lie-algebraic least squares over the series' links",
-                                  "chain": solution.paths.get(sid, []), "iterations": solution.iterations},
+                                  "chain": solution.paths.get(sid, []), "iterations": solution.iterations,
+                                  "fields_not_composed": linear_only},
                        "fixed": ref.path, "moving": slide.path,
                        "fixed_shape": list(ref_shape) if ref_shape else None,
                        "moving_shape": list(shapes[sid]) if sid in shapes else None},
@@ -181,7 +186,11 @@ def compose_series(
     summary.update(
         state="partial" if missing else "composed", slides=slides_out, missing=missing,
         iterations=solution.iterations, residuals=solution.residuals, composed_at=time.time(), stack=None,
+        fields_not_composed=linear_only,
     )
+    if linear_only:
+        say(f"{series_id}: {len(linear_only)} deformable link(s): their matrices are composed, their displacement "
+            "fields are not (composing fields along a series is not done yet)")
     if warp:
         from drmime_batch.series._stack import write_stack
 

@@ -116,3 +116,50 @@ def test_run_hook_composes_finished_series_once_and_logs_one_line(series):
     compose_after_run(queue, warp=False, log=lines.append)
     compose_after_run(queue, warp=False, log=lines.append)  # unchanged since: not again
     assert lines == ["series S: partial (missing s0)"]
+
+
+def test_apply_points_with_a_series_entry_maps_a_slide_into_the_reference_frame(series, capsys):
+    queue, plan, tmp = series
+    _finish(queue, plan, fail={"S--s1--s0"})
+    compose_series(queue, "S", warp=False)
+    out = tmp / "s3-on-s1.csv"
+    assert main(["apply", "points", str(tmp / "o.zarr"), "S/s3", str(tmp / "s3.csv"), "--out", str(out)]) == 0
+    assert "3 points" in capsys.readouterr().out
+    mapped = np.loadtxt(out, delimiter=",", skiprows=1, usecols=(1, 2))
+    np.testing.assert_allclose(mapped, np.loadtxt(tmp / "s1.csv", delimiter=",", skiprows=1, usecols=(1, 2)),
+                               atol=1e-9)  # s3's landmarks land on the reference's
+    back = tmp / "back.csv"
+    assert main(["apply", "points", str(tmp / "o.zarr"), "S/s3", str(out), "--out", str(back), "--inverse"]) == 0
+    np.testing.assert_allclose(np.loadtxt(back, delimiter=",", skiprows=1, usecols=(1, 2)),
+                               np.loadtxt(tmp / "s3.csv", delimiter=",", skiprows=1, usecols=(1, 2)), atol=1e-9)
+    # the missing slide: one line, the entries there named
+    assert main(["apply", "points", str(tmp / "o.zarr"), "S/s0", str(tmp / "s3.csv"), "--out", str(out)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no entry 'S/s0'" in err
+
+
+def test_deformable_series_composes_the_matrices_and_names_the_fields_left_out(tmp_path, capsys):
+    from drmime_batch.queue._series_table import series_ids
+
+    lines = ["slide_id,path"]
+    for sid in TRUTH:
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / f"{sid}.png")
+        lines.append(f"{sid},{sid}.png")
+    (tmp_path / "slides.csv").write_text("\n".join(lines) + "\n")
+    queue_path = tmp_path / "q.sqlite"
+    assert main(["submit-series", str(tmp_path / "slides.csv"), "--series-id", "S", "--reference", "s1",
+                 "--queue", str(queue_path), "--out", str(tmp_path / "o.zarr"), "--deformable", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "composes the links' matrices only" in err and len(err.strip().splitlines()) == 1
+    with Queue.open(queue_path) as queue:
+        assert series_ids(queue) == ["S"]
+        plan = plan_series("S", read_slides(tmp_path / "slides.csv"), reference="s1")
+        _finish(queue, plan)
+        summary = compose_series(queue, "S", warp=False)
+    assert summary["state"] == "composed"
+    assert sorted(summary["fields_not_composed"]) == sorted(k.pair_id for k in plan.links)
+    t = open_transform(tmp_path / "o.zarr", "S/s3")
+    np.testing.assert_allclose(t.matrix, TRUTH["s3"], atol=1e-9)
+    assert t.kind == "affine" and t.attrs["series"]["fields_not_composed"] == summary["fields_not_composed"]
+    assert main(["status", "--queue", str(queue_path)]) == 0
+    assert f"{len(plan.links)} deformable link(s): matrices composed, fields not (yet)" in capsys.readouterr().out
