@@ -30,7 +30,7 @@ the landmarks: the floor).
 
 Target (issue 17): a batch throughput figure at slide size with peak RSS < 2 GB per worker.
 
-    python benchmarks/batch_slides.py                        # 2 pairs of 18 000 px; about 5 minutes on 2 cores
+    python benchmarks/batch_slides.py                        # 2 pairs of 18 000 px: ~5 min to make, ~1.5 min to run
     python benchmarks/batch_slides.py --size 1500 --pairs 1  # a smoke run (under a minute)
     nice -n 5 python benchmarks/batch_slides.py --json batch_slides.json
 """
@@ -397,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
             "pairs_per_hour": round(done / seconds * 3600, 1),
             "worker_peak_rss_gb": [_gb(w) for w in workers], "driver_peak_rss_gb": _gb(s_run.driver()),
             "tree_peak_rss_gb": _gb(s_run.tree), "submit_tree_peak_rss_gb": _gb(s_submit.tree),
-            "processes": sorted(([cmd[-60:], _gb(rss)] for cmd, rss in s_run.procs.values()), key=lambda r: -r[1]),
+            "processes": sorted(([_role(pid, cmd, s_run.pid), _gb(rss)] for pid, (cmd, rss) in s_run.procs.items()),
+                                key=lambda r: -r[1]),
             "rss_samples": s_run.samples, "every_s": args.every,
             "load_average_before": [round(v, 2) for v in load_before],
             "load_average_after": [round(v, 2) for v in load_after],
@@ -429,6 +430,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _role(pid: int, cmdline: str, root: int) -> str:
+    """``driver``, ``worker`` or ``other`` (the resource tracker, ...): no paths in the figures."""
+    return "driver" if pid == root else ("worker" if is_worker(cmdline) else "other")
 
 
 def _fmt(value: Any, spec: str) -> str:
