@@ -14,6 +14,7 @@ from drmime_batch.core._field import DisplacementField, map_points
 from drmime_batch.io._atomic import staging
 from drmime_batch.io._fs import is_url, join, write_bytes
 from drmime_batch.io._multiscale import MultiscaleImage
+from drmime_batch.io._overlay import overlay
 from drmime_batch.io._warp import resample_window
 from drmime_batch.io._writers import _pair_dir
 
@@ -36,17 +37,6 @@ def _display(arr: np.ndarray) -> np.ndarray:
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     return arr
-
-
-def _stain(rgb: np.ndarray) -> np.ndarray:
-    """uint8 inverted luminance stretched by the image's own 1-99.5 % range: a faint stain shows too."""
-    inv = 255.0 - _gray(rgb).astype(np.float64)
-    lo, hi = np.percentile(inv, [1.0, 99.5]) if inv.size else (0.0, 255.0)
-    return np.clip((inv - lo) / max(hi - lo, 1.0) * 255.0, 0, 255).astype(np.uint8)
-
-
-def _gray(rgb: np.ndarray) -> np.ndarray:
-    return (rgb.astype(np.float64) @ [0.299, 0.587, 0.114]).astype(np.uint8)
 
 
 def qc_panels(
@@ -83,10 +73,8 @@ def qc_panels(
                            for c in range(mv3.shape[2])], -1).reshape(*f.shape[:2], -1)
         reg = _display(warped.reshape(*f.shape[:2], *mv.shape[2:]).astype(mv.dtype))
     mv = _display(mv)
-    # inverted luminance, each image by its own range (both stains visible); fixed magenta, registered green
-    fg, rg = _stain(f), _stain(reg)
-    overlay = np.stack([fg, rg, fg], axis=-1)
-    return {"fixed": f, "moving": mv, "registered": reg, "overlay (fixed magenta, registered green)": overlay}
+    # each stain normalised on its own (both visible); the black fill outside the moving image is glass
+    return {"fixed": f, "moving": mv, "registered": reg, "overlay (fixed magenta, registered green)": overlay(f, reg)}
 
 
 def write_qc(

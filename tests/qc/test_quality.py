@@ -92,9 +92,18 @@ def test_record_round_trips_through_the_outcome() -> None:
 
 
 def test_overlay_stretches_a_faint_stain() -> None:
-    from drmime_batch.io._qc import _stain
+    from drmime_batch.io._overlay import overlay, stain_density
 
     faint = np.full((40, 40, 3), 250, np.uint8)
     faint[10:30, 10:30] = 235  # a pale stain: 15 grey levels under the glass
-    out = _stain(faint)
-    assert out[20, 20] > 200 and out[0, 0] < 30
+    out = stain_density(faint)
+    assert out[20, 20] > 0.8 and out[0, 0] < 0.1
+    # in the QC overlay the faint registered stain is as green as a dark one would be, and the
+    # black fill outside a warped image is glass (white), not the densest stain
+    dark = np.full((40, 40, 3), 250, np.uint8)
+    dark[10:30, 10:30] = 60
+    registered = faint.copy()
+    registered[:, :4] = 0
+    picture = overlay(dark, registered)
+    assert picture[20, 20].tolist() == [0, 0, 0]  # both have tissue there
+    assert picture[35, 35].tolist() == [255, 255, 255] and picture[35, 1].tolist() == [255, 255, 255]
