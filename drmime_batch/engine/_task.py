@@ -23,7 +23,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -235,11 +235,18 @@ def _register(task: PairTask, worker: Any, base: dict[str, Any]) -> PairOutcome:
     _writing(f"writing the transform of {task.pair_id} to {task.out}", lambda: write_transform(
         task.out, task.pair_id, matrix, attrs=attrs, field=result.field,
         fixed_pixel_size=reg.fixed.pixel_size, moving_pixel_size=reg.moving.pixel_size))
-    # the QC picture reads thumbnails: the files are opened again (metadata only, cached handles)
-    qc = _writing(f"writing the QC picture of {task.pair_id} to {task.out}", lambda: write_qc(
-        task.out, task.pair_id, open_image(task.fixed), open_image(task.moving), matrix, scheduler=_SCHEDULER,
-        field=result.field))
-    qc_record = _quality(task, reg, matrix)
+    # the QC picture and the quality record read small levels: the files are opened once more for
+    # both (metadata only; register_files has closed its handles)
+    images: list[Any] = []
+    try:
+        images = [open_image(task.fixed), open_image(task.moving)]
+    except Exception as exc:  # noqa: BLE001 - the pair is registered; what follows says what is missing
+        logger.warning("cannot reopen the images of %s for QC: %s", task.pair_id, _one_line(exc))
+    qc = None
+    if images:
+        qc = _writing(f"writing the QC picture of {task.pair_id} to {task.out}", lambda: write_qc(
+            task.out, task.pair_id, images[0], images[1], matrix, scheduler=_SCHEDULER, field=result.field))
+    qc_record = _quality(images, reg, matrix)
     landmarks = None
     if task.fixed_landmarks and task.moving_landmarks:
         landmarks = _score_landmarks(task, matrix, reg.fixed.shape, reg.moving.pixel_size, result.field)
@@ -263,18 +270,20 @@ def _register(task: PairTask, worker: Any, base: dict[str, Any]) -> PairOutcome:
     )
 
 
-def _quality(task: PairTask, reg: Any, matrix: np.ndarray) -> dict[str, Any]:
+def _quality(images: Sequence[Any], reg: Any, matrix: np.ndarray) -> dict[str, Any]:
     """The pair's quality record (:func:`drmime_batch.quality.assess` on small levels of both files).
 
+    ``images``: the opened fixed and moving images (empty when they could not be reopened).
     Never fatal: a record that cannot be computed is a flagged one, saying why.
     """
     from drmime_batch.core import matrix_to_level
-    from drmime_batch.io import open_image
     from drmime_batch.quality import QC_SIZE, assess
 
     result = reg.result
     try:
-        fixed, moving = open_image(task.fixed), open_image(task.moving)
+        if len(images) != 2:
+            raise OSError("the images could not be reopened after the registration")
+        fixed, moving = images
         fl, ml = fixed.level_for(QC_SIZE), moving.level_for(QC_SIZE)
         small = matrix_to_level(matrix, fixed_downsample=fixed.downsamples[fl],
                                 moving_downsample=moving.downsamples[ml])
