@@ -55,6 +55,9 @@ from typing import Any
 
 import numpy as np
 
+from drmime_batch.core import apply_matrix
+from drmime_batch.evaluation import read_landmarks, write_landmarks
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "drmime_batch" / "examples" / "cima-lung-lesion3"
 FIXED_STAIN = "He"
 MOVING_STAINS = ("CD31-3", "Cc10-5", "Ki67-7", "proSPC-4")
@@ -87,22 +90,6 @@ def _landmark_path(stain: str) -> Path:
     return EXAMPLE / "landmarks-5pc-user-PS" / f"29-041-Izd2-w35-{stain}-les3.csv"
 
 
-def read_landmarks(path: Path) -> np.ndarray:
-    """``(n, 2)`` x, y of an ANHIR ``,X,Y`` landmark CSV."""
-    with path.open(newline="") as fh:
-        rows = list(csv.reader(fh))
-    return np.array([[float(r[1]), float(r[2])] for r in rows[1:] if r], dtype=np.float64)
-
-
-def write_landmarks(path: Path, points: np.ndarray) -> None:
-    """Write ``(n, 2)`` x, y as an ANHIR ``,X,Y`` CSV (index from 1, as the bundled files)."""
-    with path.open("w", newline="") as fh:
-        out = csv.writer(fh)
-        out.writerow(["", "X", "Y"])
-        for i, (x, y) in enumerate(points, start=1):
-            out.writerow([i, f"{x:.2f}", f"{y:.2f}"])
-
-
 def scale_matrix(factor: float) -> np.ndarray:
     """Source pixel -> slide pixel (x, y, 1) for an upscale by ``factor`` (pixel centres matched)."""
     return np.array([[factor, 0, (factor - 1) / 2], [0, factor, (factor - 1) / 2], [0, 0, 1.0]])
@@ -115,12 +102,6 @@ def rigid_matrix(degrees: float, shift: tuple[float, float], centre: tuple[float
     to_c = np.array([[1, 0, -centre[0]], [0, 1, -centre[1]], [0, 0, 1.0]])
     move = np.array([[1, 0, shift[0]], [0, 1, shift[1]], [0, 0, 1.0]])
     return move @ np.linalg.inv(to_c) @ rot @ to_c
-
-
-def apply_matrix(m: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """``(n, 2)`` x, y mapped by the 3 x 3 matrix ``m``."""
-    h = m @ np.vstack([points.T, np.ones(len(points))])
-    return (h[:2] / h[2]).T
 
 
 def make_slide(
