@@ -20,7 +20,7 @@ import numpy as np
 
 from drmime_batch.core._convention import level_to_full_matrix
 from drmime_batch.core._field import DisplacementField
-from drmime_batch.io._overlay import checkerboard, overlay, stain_density
+from drmime_batch.io._overlay import checkerboard, inside_moving, overlay, stain_density
 
 __all__ = ["REPORT_SIDE", "PairViews", "checkerboard", "load_pair_views", "overlay", "stain_density"]
 
@@ -130,28 +130,6 @@ def load_pair_views(
         reg = _resize(panels["registered"], f.shape[:2])
         source = "the moving image warped for this report (no registered image in the store)"
     reg = reg.copy()
-    reg[~_inside_moving(f.shape[:2], to_thumb, matrix, field, open_image(moving).levels[0].shape[:2])] = 255
+    reg[~inside_moving(f.shape[:2], to_thumb, matrix, field, open_image(moving).levels[0].shape[:2])] = 255
     return PairViews(fixed=f, registered=reg, to_thumbnail=to_thumb, fixed_shape=(full[0], full[1]),
                      source=source)
-
-
-def _inside_moving(shape: tuple[int, ...], to_thumb: np.ndarray, matrix: Any, field: DisplacementField | None,
-                   moving_shape: tuple[int, ...]) -> np.ndarray:
-    """Thumbnail pixels whose tissue comes from inside the moving image (2 pixels in from its edge).
-
-    Outside, the registered image is black fill, and its interpolated edge would read as the
-    densest stain of all: those pixels count as empty glass.
-    """
-    from scipy import ndimage
-
-    from drmime_batch.core._field import map_points
-
-    h, w = int(shape[0]), int(shape[1])
-    yy, xx = np.mgrid[:h, :w]
-    thumb = np.c_[xx.ravel(), yy.ravel()].astype(np.float64)
-    full = map_points(np.linalg.inv(to_thumb), None, thumb)
-    q = map_points(np.asarray(matrix, dtype=np.float64), field, full)
-    mh, mw = int(moving_shape[0]), int(moving_shape[1])
-    inside = ((q[:, 0] >= -0.5) & (q[:, 0] <= mw - 0.5) & (q[:, 1] >= -0.5) & (q[:, 1] <= mh - 0.5)).reshape(h, w)
-    out: np.ndarray = ndimage.binary_erosion(inside, iterations=2, border_value=1)
-    return out

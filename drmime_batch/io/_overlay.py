@@ -7,9 +7,13 @@ Used by the worker's QC picture (:mod:`drmime_batch.io._qc`) and the HTML report
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-__all__ = ["checkerboard", "overlay", "stain_density"]
+from drmime_batch.core._field import DisplacementField, map_points
+
+__all__ = ["checkerboard", "inside_moving", "overlay", "stain_density"]
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -98,3 +102,23 @@ def checkerboard(fixed: np.ndarray, registered: np.ndarray, *, tiles: int = 8) -
     green = np.stack([1.0 - r, np.ones_like(r), 1.0 - r], axis=-1)
     rgb = np.where(use_fixed[..., None], magenta, green)
     return np.round(rgb * 255.0).astype(np.uint8)
+
+
+def inside_moving(shape: tuple[int, ...], to_thumb: np.ndarray, matrix: Any, field: DisplacementField | None,
+                   moving_shape: tuple[int, ...]) -> np.ndarray:
+    """Thumbnail pixels whose tissue comes from inside the moving image (2 pixels in from its edge).
+
+    Outside, the registered image is black fill, and its interpolated edge would read as the
+    densest stain of all: those pixels count as empty glass.
+    """
+    from scipy import ndimage
+
+    h, w = int(shape[0]), int(shape[1])
+    yy, xx = np.mgrid[:h, :w]
+    thumb = np.c_[xx.ravel(), yy.ravel()].astype(np.float64)
+    full = map_points(np.linalg.inv(to_thumb), None, thumb)
+    q = map_points(np.asarray(matrix, dtype=np.float64), field, full)
+    mh, mw = int(moving_shape[0]), int(moving_shape[1])
+    inside = ((q[:, 0] >= -0.5) & (q[:, 0] <= mw - 0.5) & (q[:, 1] >= -0.5) & (q[:, 1] <= mh - 0.5)).reshape(h, w)
+    out: np.ndarray = ndimage.binary_erosion(inside, iterations=2, border_value=1)
+    return out

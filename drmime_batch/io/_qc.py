@@ -14,7 +14,7 @@ from drmime_batch.core._field import DisplacementField, map_points
 from drmime_batch.io._atomic import staging
 from drmime_batch.io._fs import is_url, join, write_bytes
 from drmime_batch.io._multiscale import MultiscaleImage
-from drmime_batch.io._overlay import overlay
+from drmime_batch.io._overlay import inside_moving, overlay
 from drmime_batch.io._warp import resample_window
 from drmime_batch.io._writers import _pair_dir
 
@@ -58,10 +58,8 @@ def qc_panels(
         fixed_downsample=fixed.downsamples[fl],
         moving_downsample=moving.downsamples[ml],
     )
-    ones = np.ones(mv.shape[:2], dtype=np.float32)
     if field is None:
         reg = _display(resample_window(mv, m_level, f.shape[:2], order=1))
-        inside = resample_window(ones, m_level, f.shape[:2], order=1)
     else:  # through the full-resolution map: thumbnail pixel -> full fixed -> full moving -> thumbnail
         f_to_full = level_to_full_matrix(fixed.downsamples[fl])
         full_to_m = np.linalg.inv(level_to_full_matrix(moving.downsamples[ml]))
@@ -74,11 +72,12 @@ def qc_panels(
         warped = np.stack([ndimage.map_coordinates(mv3[..., c], [q[:, 1], q[:, 0]], order=1, mode="grid-constant")
                            for c in range(mv3.shape[2])], -1).reshape(*f.shape[:2], -1)
         reg = _display(warped.reshape(*f.shape[:2], *mv.shape[2:]).astype(mv.dtype))
-        inside = ndimage.map_coordinates(ones, [q[:, 1], q[:, 0]], order=1, mode="grid-constant").reshape(f.shape[:2])
     mv = _display(mv)
     # each stain normalised on its own (both visible); outside the moving image (its black fill and
     # the interpolated edge into it) is glass, not the densest stain
-    glass = np.where((np.asarray(inside) < 0.999)[..., None], np.uint8(255), reg)
+    inside = inside_moving(f.shape[:2], np.linalg.inv(level_to_full_matrix(fixed.downsamples[fl])), matrix, field,
+                           moving.levels[0].shape[:2])
+    glass = np.where(inside[..., None], reg, np.uint8(255))
     return {"fixed": f, "moving": mv, "registered": reg, "overlay (fixed magenta, registered green)": overlay(f, glass)}
 
 
