@@ -8,7 +8,10 @@ Nothing is registered again: every case of ``benchmarks/robustness.py`` is rebui
 case builders and each matrix stored in ``benchmarks/results/robustness-{real,generated}-cpu.json``
 (drmime, identity, sitk, elastix) is assessed, plus deliberately broken ones made from the
 DRMIME matrix (negative examples): mirrored about the fixed centre, rotated 25 degrees (off the 15-degree orientation grid), scaled
-1.3x, shifted by 8 % of the diagonal. Each row's truth is its landmark rTRE over the case's floor
+1.3x, shifted by 8 % of the diagonal. The deformable stage's outcomes (``drmime-d`` in
+``results/robustness-lobes1-deformable-cpu.json`` and ``results/accuracy-deformable-lung-lesion3-cpu.json``)
+are judged as the engine judges them: the features of the linear part plus the deformation's
+Jacobian record, against the deformable map's own rTRE. Each row's truth is its landmark rTRE over the case's floor
 (the least-squares affine fit of its landmarks): *bad* above 2x, *good* within 1.3x, in between
 neither. The flag must catch every bad row and flag no good one.
 
@@ -33,6 +36,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 STORED = ("robustness-real-cpu.json", "robustness-generated-cpu.json")
+#: Deformable outcomes (``drmime-d``): lung-lobes-1 from robustness.py, lung-lesion-3 from accuracy.py
+STORED_DEFORMABLE = ("robustness-lobes1-deformable-cpu.json", "accuracy-deformable-lung-lesion3-cpu.json")
 GOOD, BAD = 1.3, 2.0
 
 
@@ -91,6 +96,43 @@ def rows_for(rb: ModuleType, stored: dict[str, Any], case: Any) -> list[dict[str
     return out
 
 
+def deformable_outcomes(results: Path = RESULTS) -> dict[str, dict[str, Any]]:
+    """``{case name: {matrix, deformation, ratio}}`` of the stored deformable (``drmime-d``) results.
+
+    The ratio is the deformable map's landmark rTRE (through its field) over the case's affine
+    floor, as stored by the benchmark that ran it; the matrix is the linear part, which is what
+    the engine's quality check measures (plus the deformation's Jacobian record).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name in STORED_DEFORMABLE:
+        path = results / name
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        for c in data.get("cases", []):  # robustness.py's layout
+            rec = c["results"].get("drmime-d")
+            if rec and rec.get("matrix") is not None:
+                out[c["name"]] = {"matrix": rec["matrix"], "deformation": rec.get("deformation"),
+                                  "ratio": rec.get("ratio_to_floor")}
+        floors = {p["pair_id"]: p["scores"]["rtre_median"] for p in data.get("pairs", []) if p["method"] == "floor"}
+        for p in data.get("pairs", []):  # accuracy.py's layout
+            if p["method"] == "drmime-d" and p.get("matrix") is not None and floors.get(p["pair_id"]):
+                out[f"lesion3/{p['pair_id']}"] = {"matrix": p["matrix"], "deformation": p["scores"].get("deformation"),
+                                                  "ratio": p["scores"]["rtre_median"] / floors[p["pair_id"]]}
+    return out
+
+
+def deformable_row(stored: dict[str, Any], case: Any, outcome: dict[str, Any]) -> dict[str, Any]:
+    """The quality row of one deformable outcome, judged as the engine judges it."""
+    from drmime_batch.quality import judge, measure
+
+    feats = measure(case.fixed, case.moving, np.asarray(outcome["matrix"], dtype=np.float64))
+    q = judge(feats, deformation=outcome.get("deformation"))
+    return {"case": stored["name"], "group": stored["group"], "method": "drmime-d", "ratio": outcome["ratio"],
+            "label": label(outcome["ratio"]), "score": q.score, "flagged": q.flagged, "reasons": list(q.reasons),
+            **feats, "jacobian_min": (outcome.get("deformation") or {}).get("jacobian_min")}
+
+
 def confusion(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Counts of flagged / not flagged per label."""
     table = {lab: {"flagged": 0, "not flagged": 0} for lab in ("good", "between", "bad")}
@@ -110,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     stored = {c["name"]: (c, json.loads((RESULTS / f).read_text())["size"])
               for f in STORED for c in json.loads((RESULTS / f).read_text())["cases"]}
     size = next(iter(stored.values()))[1]
+    deformable = deformable_outcomes()
     specs = rb.lesion3_specs()
     lobes = args.data / rb.LOBES1_NAME
     if (lobes / "pairs.csv").is_file():
@@ -120,14 +163,22 @@ def main(argv: list[str] | None = None) -> int:
         if spec.name not in stored:
             continue
         case = spec.build()
-        rows += rows_for(rb, stored[spec.name][0], case)
-        for r in rows[-len(stored[spec.name][0]["results"]) - 4:]:
+        new = rows_for(rb, stored[spec.name][0], case)
+        if spec.name in deformable:
+            new.append(deformable_row(stored[spec.name][0], case, deformable[spec.name]))
+        rows += new
+        for r in new:
             print(f"{r['case'][:32]:32} {r['method']:16} ratio {r['ratio']:7.2f} {r['label']:8} "
                   f"dice {r['dice'] if r['dice'] is None else round(r['dice'], 3)!s:6} "
                   f"nmi {r['nmi']:.3f} sharp {r['sharpness']:.3f} peak {r['peak_margin']:.3f} orient {r['orientation_margin']:.3f} aniso {r['anisotropy']:.2f} "
                   f"area {r['area_change'] if r['area_change'] is None else round(r['area_change'], 2)!s:6} "
                   f"score {r['score']:.2f} {'FLAG' if r['flagged'] else ''}", flush=True)
     table = confusion(rows)
+    d_rows = [r for r in rows if r["method"] == "drmime-d"]
+    if d_rows:
+        d_table = confusion(d_rows)
+        print(f"\ndeformable outcomes ({len(d_rows)}): " + ", ".join(
+            f"{lab} {d_table[lab]['flagged']} flagged / {d_table[lab]['not flagged']} not" for lab in d_table))
     print("\n| truth (rTRE / floor) | flagged | not flagged |\n|---|---|---|")
     for lab, name in (("good", f"good (<= {GOOD}x)"), ("between", f"between ({GOOD}x-{BAD}x)"),
                       ("bad", f"bad (> {BAD}x)")):
