@@ -166,10 +166,9 @@ def compose_series(
                                   "method": "lie-algebraic least squares over the series' links",
                                   "chain": solution.paths.get(sid, []), "iterations": solution.iterations,
                                   "fields_not_composed": linear_only},
-                       "fixed": ref.path, "moving": slide.path,
-                       "fixed_shape": list(ref_shape) if ref_shape else None,
-                       "moving_shape": list(shapes[sid]) if sid in shapes else None},
+                       "fixed": ref.path, "moving": slide.path},
                 fixed_pixel_size=pixel_sizes.get(plan.reference), moving_pixel_size=pixel_sizes.get(sid),
+                fixed_shape=ref_shape or None, moving_shape=shapes.get(sid),
             )
             try:
                 entry["landmarks"] = _landmarks(matrix, ref, slide, ref_shape, pixel_sizes.get(sid))
