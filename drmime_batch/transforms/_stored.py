@@ -368,6 +368,13 @@ def _entries_hint(root: Location) -> str:
     return f" (entries: {', '.join(names[:_HINT_NAMES])}{more})"
 
 
+def _series_why(root: Location, store: str | Path, parts: list[str]) -> str | None:
+    """Why a series entry (``SERIES/SLIDE``, or ``SERIES`` alone) has no transform; ``None`` if not a series."""
+    from drmime_batch.series._record import why_no_entry
+
+    return why_no_entry(root, str(store), parts)
+
+
 def open_transform(store: str | Path, entry: str) -> StoredTransform:
     """Open the stored transform of one entry of a batch output store.
 
@@ -387,7 +394,10 @@ def open_transform(store: str | Path, entry: str) -> StoredTransform:
     Raises
     ------
     IncompleteOutputError
-        The store or the entry does not exist, or its transform was never completed.
+        The store or the entry does not exist, or its transform was never completed. For a series
+        entry the message says why: the slide was not placed when the series was composed (its
+        links, their states and errors, and what to do), the series was never composed, or the
+        series or the slide is unknown.
     OutputStoreError
         ``entry`` cannot name an entry, or ``store`` is not a zarr v3 output store.
 
@@ -421,14 +431,16 @@ def open_transform(store: str | Path, entry: str) -> StoredTransform:
     base = join(root, *parts[:-1])
     if not exists(join(base, parts[-1], "zarr.json")):
         raise IncompleteOutputError(
-            f"output store {store} has no entry {entry!r}{_entries_hint(base if exists(base) else root)}"
+            _series_why(root, store, parts)
+            or f"output store {store} has no entry {entry!r}{_entries_hint(base if exists(base) else root)}"
         )
     try:
         matrix, attrs = read_transform(base, parts[-1])
         field = read_field(base, parts[-1])
     except IncompleteOutputError:
         raise IncompleteOutputError(
-            f"the transform of {entry!r} in {store} is incomplete (never finished or interrupted): run that pair again"
+            (_series_why(root, store, parts) if len(parts) == 1 else None)
+            or f"the transform of {entry!r} in {store} is incomplete (never finished or interrupted): run that pair again"
         ) from None
     if field is not None:
         return FieldTransform(root, entry, matrix, field, attrs)
