@@ -80,6 +80,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         default=None,
         help="an image whose full-resolution size the output takes (default: the target image recorded in the store)",
     )
+    sld.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (exit 1) a SLIDE whose full-resolution size differs from the image the transform was "
+             "computed on (the moving image; with --inverse the fixed one), instead of warning and warping it "
+             "all the same",
+    )  # fmt: skip
     sld.set_defaults(func=run_slide)
 
 
@@ -136,6 +143,6 @@ def run_slide(args: argparse.Namespace) -> int:
     transform = open_transform(args.store, args.entry)
     written = report_warnings("apply", lambda: transform.warp_slide(
         args.input, args.out, inverse=args.inverse, order=args.order,
-        like=args.like))  # fmt: skip
+        like=args.like, strict=args.strict))  # fmt: skip
     print(f"{args.input} warped ({_direction(args)}, {args.order}) to {written}")
     return 0

@@ -234,7 +234,8 @@ def _register(task: PairTask, worker: Any, base: dict[str, Any]) -> PairOutcome:
     }
     _writing(f"writing the transform of {task.pair_id} to {task.out}", lambda: write_transform(
         task.out, task.pair_id, matrix, attrs=attrs, field=result.field,
-        fixed_pixel_size=reg.fixed.pixel_size, moving_pixel_size=reg.moving.pixel_size))
+        fixed_pixel_size=reg.fixed.pixel_size, moving_pixel_size=reg.moving.pixel_size,
+        fixed_shape=reg.fixed.shape or None, moving_shape=reg.moving.shape or None))
     # the QC picture and the quality record read small levels: the files are opened once more for
     # both (metadata only; register_files has closed its handles)
     images: list[Any] = []

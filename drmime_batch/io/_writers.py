@@ -4,7 +4,15 @@ Layout (a contract with the engine and the report)::
 
     OUT.zarr/                       zarr v3 group
       <pair_id>/                    zarr v3 group; attribute "drmime_batch" = the completion marker
-        transform                   zarr array, 3x3 float64 fixed -> moving matrix (full-res pixels)
+        transform                   zarr array, 3x3 float64 fixed -> moving matrix (full-res pixels);
+                                    attributes: the record (convention, transform kind, metrics,
+                                    config, versions, NGFF coordinateTransformations) and, when the
+                                    writer knew them, the images the matrix is in:
+                                    fixed_shape / moving_shape   [H, W] or [H, W, C], full-resolution
+                                                                 pixels (null: unknown)
+                                    fixed_pixel_size_um / moving_pixel_size_um  [px, py] µm per
+                                                                 full-resolution pixel (absent: unknown)
+                                    matrix_um                    the matrix in µm (both sizes known)
         field                       zarr array (2, 2, gh, gw) float64, deformable results only:
                                     [forward | inverse, dx | dy] displacements in full-res pixels
                                     on a grid (attributes origin, spacing), written before transform
@@ -50,6 +58,7 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -166,6 +175,21 @@ def _coerce_matrix(matrix: Any) -> np.ndarray:
     return m
 
 
+def _coerce_shape(name: str, shape: Sequence[int] | None) -> list[int] | None:
+    """A recorded image shape: ``[H, W]`` or ``[H, W, C]`` of positive ints (``None`` stays ``None``)."""
+    if shape is None:
+        return None
+    try:
+        values = list(shape)
+        dims = [int(v) for v in values]
+        whole = all(float(v) == d for v, d in zip(values, dims, strict=True))
+    except (TypeError, ValueError):
+        whole = False
+    if not whole or len(dims) not in (2, 3) or min(dims) < 1:
+        raise ConfigError(f"{name} must be (H, W) or (H, W, C) in whole pixels, got {shape!r}")
+    return dims
+
+
 def _is_affine(m: np.ndarray) -> bool:
     return bool(np.allclose(m[2], [0.0, 0.0, 1.0], atol=1e-12))
 
@@ -197,6 +221,8 @@ def write_transform(
     fixed_pixel_size: tuple[float, float] | None = None,
     moving_pixel_size: tuple[float, float] | None = None,
     field: DisplacementField | None = None,
+    fixed_shape: Sequence[int] | None = None,
+    moving_shape: Sequence[int] | None = None,
 ) -> None:
     """Write a pair's matrix and its record to ``OUT/<pair_id>/transform``, atomically.
 
@@ -215,10 +241,16 @@ def write_transform(
         The record: ``transform`` (kind), ``parameters``, ``metrics``, ``config``, ``versions``...
         (e.g. ``RegistrationResult.to_dict()``); numpy values are converted to JSON.
     fixed_pixel_size, moving_pixel_size : (px, py) in µm, optional
-        When both are given the matrix is also stored in micrometres.
+        Recorded (``fixed_pixel_size_um``, ``moving_pixel_size_um``) when given; when both are,
+        the matrix is also stored in micrometres (``matrix_um``).
     field : DisplacementField, optional
         A deformable result's displacement (fixed → moving ``M (p + d(p))``, and its inverse),
         written first as ``OUT/<pair_id>/field``; the transform's record points at it.
+    fixed_shape, moving_shape : (H, W) or (H, W, C), optional
+        The full-resolution shapes of the images the matrix is in, recorded as ``fixed_shape``
+        and ``moving_shape`` (``null`` when not given and ``attrs`` does not hold them), so a
+        transform applied later to a slide of another size (another pyramid level, another
+        scan) can be told apart.
 
     Examples
     --------
@@ -228,10 +260,16 @@ def write_transform(
     >>> m, a = read_transform(out, "p1")
     >>> m.shape, a["transform"], a["units"], pair_is_complete(out, "p1", warp=False)
     ((3, 3), 'affine', 'pixel', True)
+    >>> write_transform(out, "p2", np.eye(3), attrs={}, fixed_shape=(600, 800, 3), moving_shape=(610, 790))
+    >>> a = read_transform(out, "p2")[1]
+    >>> a["fixed_shape"], a["moving_shape"]
+    ([600, 800, 3], [610, 790])
     """
     import zarr
 
     m = _coerce_matrix(matrix)
+    shapes = {"fixed_shape": _coerce_shape("fixed_shape", fixed_shape),
+              "moving_shape": _coerce_shape("moving_shape", moving_shape)}
     pair_dir = _pair_dir(out, pair_id)
     root = location(out)
     _ensure_groups(root, pair_dir)
@@ -250,14 +288,19 @@ def write_transform(
         "parameters": None,
         "metrics": None,
         "config": None,
+        "fixed_shape": None,
+        "moving_shape": None,
     }
     record.update(attrs)
+    record.update({k: v for k, v in shapes.items() if v is not None})
     record["versions"] = {**_versions(), **(attrs.get("versions") or {})}
     cts = [ngff_affine(m, input="fixed", output="moving")]
+    if fixed_pixel_size is not None:
+        record["fixed_pixel_size_um"] = list(fixed_pixel_size)
+    if moving_pixel_size is not None:
+        record["moving_pixel_size_um"] = list(moving_pixel_size)
     if fixed_pixel_size is not None and moving_pixel_size is not None:
         m_um = matrix_to_physical(m, fixed_pixel_size=fixed_pixel_size, moving_pixel_size=moving_pixel_size)
-        record["fixed_pixel_size_um"] = list(fixed_pixel_size)
-        record["moving_pixel_size_um"] = list(moving_pixel_size)
         record["matrix_um"] = m_um
         cts.append(ngff_affine(m_um, input="fixed_um", output="moving_um"))
     if field_record is not None:

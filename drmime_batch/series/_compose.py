@@ -3,7 +3,9 @@
 Reads the plan and the finished links from the queue, solves for every slide's transform into the
 reference frame (:func:`~drmime_batch.series._consistent.solve_consistent`), writes them as
 ``STORE/ID/<slide_id>/transform`` (so ``open_transform(STORE, "ID/<slide_id>")`` reads them), scores
-them against the slides' landmarks and records a summary in the queue (``series-status``).
+them against the slides' landmarks and records a summary in the queue (``series-status``) and, for
+readers of the store alone (``apply``), each slide's state in ``STORE/ID``'s attributes
+(:mod:`drmime_batch.series._record`).
 
 Deformable links contribute their matrix (linear part) only: composing displacement fields along a
 series is not done yet. Such links are named in the summary (``fields_not_composed``) and in every
@@ -22,6 +24,7 @@ from drmime_batch.queue import Queue
 from drmime_batch.queue._series_table import get_series, series_ids, set_composed
 from drmime_batch.series._consistent import LinkMatrix, solve_consistent
 from drmime_batch.series._plan import SeriesPlan
+from drmime_batch.series._record import write_series_record
 
 __all__ = ["compose_finished", "compose_series", "link_weight"]
 
@@ -47,14 +50,19 @@ def _fingerprint(rows: list[Any]) -> list[list[Any]]:
     return [[r.pair_id, r.state, r.finished_at] for r in rows]
 
 
-def _missing_reason(slide_id: str, plan: SeriesPlan, rows: dict[str, Any]) -> str:
-    parts = []
+def _link_states(slide_id: str, plan: SeriesPlan, rows: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every link of a slide: pair id, state in the queue (``not in queue`` when gone) and error."""
+    out = []
     for link in plan.links:
         if slide_id in (link.fixed, link.moving):
             row = rows.get(link.pair_id)
-            state = row.state if row is not None else "not in queue"
-            error = f" ({row.error})" if row is not None and row.error else ""
-            parts.append(f"{link.pair_id} {state}{error}")
+            out.append({"pair_id": link.pair_id, "state": row.state if row is not None else "not in queue",
+                        "error": row.error if row is not None and row.error else None})
+    return out
+
+
+def _missing_reason(links: list[dict[str, Any]]) -> str:
+    parts = [f"{k['pair_id']} {k['state']}" + (f" ({k['error']})" if k["error"] else "") for k in links]
     return "no finished link joins it to the reference: " + "; ".join(parts)
 
 
@@ -92,9 +100,10 @@ def compose_series(
     dict
         ``series_id``, ``reference``, ``state`` (``composed``: every slide placed; ``partial``:
         some missing; ``waiting``: links still pending or running, nothing written), ``slides``
-        (per slide: ``state`` reference/placed/missing, ``path`` of pair ids, ``error``, landmark
-        scores into the reference frame and those of plain chaining), ``missing``, ``links``,
-        ``iterations``, ``stack``.
+        (per slide: ``state`` reference/placed/missing, ``path`` of pair ids, ``error`` and
+        ``link_states`` of a missing slide, landmark scores into the reference frame and those of
+        plain chaining), ``missing``, ``links``, ``iterations``, ``stack``. The outcome is also
+        recorded in the store (:mod:`drmime_batch.series._record`), for ``apply``.
 
     Raises
     ------
@@ -166,10 +175,9 @@ def compose_series(
                                   "method": "lie-algebraic least squares over the series' links",
                                   "chain": solution.paths.get(sid, []), "iterations": solution.iterations,
                                   "fields_not_composed": linear_only},
-                       "fixed": ref.path, "moving": slide.path,
-                       "fixed_shape": list(ref_shape) if ref_shape else None,
-                       "moving_shape": list(shapes[sid]) if sid in shapes else None},
+                       "fixed": ref.path, "moving": slide.path},
                 fixed_pixel_size=pixel_sizes.get(plan.reference), moving_pixel_size=pixel_sizes.get(sid),
+                fixed_shape=ref_shape or None, moving_shape=shapes.get(sid),
             )
             try:
                 entry["landmarks"] = _landmarks(matrix, ref, slide, ref_shape, pixel_sizes.get(sid))
@@ -178,7 +186,8 @@ def compose_series(
             except DrmimeError as exc:
                 entry["landmarks_error"] = " ".join(str(exc).split())
         else:
-            entry.update(state="missing", error=_missing_reason(sid, plan, rows))
+            link_states = _link_states(sid, plan, rows)
+            entry.update(state="missing", error=_missing_reason(link_states), link_states=link_states)
             remove_path(join(store, sid))  # a transform of an earlier composition is no longer backed
         slides_out.append(entry)
         say(f"{series_id}/{sid}: {entry['state']}" + (f" ({entry['error']})" if "error" in entry else ""))
@@ -188,6 +197,8 @@ def compose_series(
         iterations=solution.iterations, residuals=solution.residuals, composed_at=time.time(), stack=None,
         fields_not_composed=linear_only,
     )
+    # what 'apply' reads to say why a slide has no transform (it knows the store, not the queue)
+    write_series_record(store, summary, queue=str(queue.path))
     if linear_only:
         say(f"{series_id}: {len(linear_only)} deformable link(s): their matrices are composed, their displacement "
             "fields are not (composing fields along a series is not done yet)")

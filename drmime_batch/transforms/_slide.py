@@ -18,23 +18,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from drmime_batch.errors import ConfigError
+from drmime_batch.errors import ConfigError, DrmimeWarning, InputImageError
 
 if TYPE_CHECKING:
     from drmime_batch.io._fs import Location
     from drmime_batch.transforms._stored import StoredTransform
 
-__all__ = ["ORDERS", "output_format", "warp_slide"]
+__all__ = ["ORDERS", "check_slide_size", "output_format", "warp_slide"]
 
 logger = logging.getLogger(__name__)
 
 #: interpolation names -> the warp's order
 ORDERS = {"linear": 1, "nearest": 0}
 _TIFF_SUFFIXES = (".tif", ".tiff")
+#: relative difference below which two pixel sizes are the same
+_SAME_PIXEL_SIZE = 0.01
 
 
 def output_format(out: str | Path) -> Literal["ome-zarr", "ome-tiff"]:
@@ -94,6 +97,79 @@ def _target_grid(
     return (int(shape[0]), int(shape[1])), pixel_size
 
 
+def _size_mismatch(transform: StoredTransform, role: Literal["fixed", "moving"], path: str | Path,
+                   slide: Any) -> str | None:
+    """Why ``slide`` is not the size of the ``role`` image the transform was computed on, or ``None``."""
+    recorded = transform.recorded_shape(role)
+    if recorded is None:  # not recorded (an older store): nothing to compare with
+        return None
+    h, w = (int(v) for v in slide.shape[:2])
+    rh, rw = recorded[:2]
+    if (h, w) == (rh, rw):
+        return None
+    image = transform.image_path(role)
+    what = f"the {role} image" + (f" {image}" if image else "")
+    sizes = ""
+    mine, theirs = slide.pixel_size, transform.attrs.get(f"{role}_pixel_size_um")
+    if mine is not None and theirs:
+        px = float(theirs[0])
+        if abs(float(mine[0]) - px) > _SAME_PIXEL_SIZE * px:
+            sizes = f"; its pixel size is {float(mine[0]):.4g} µm, that image's {px:.4g} µm"
+    scale_y, scale_x = rh / h, rw / w
+    hint = ""
+    if abs(scale_y - scale_x) < 0.02 * max(scale_y, scale_x) and abs(scale_y - 1) > 0.05:
+        hint = (f" (about {scale_y:.3g}x smaller: another pyramid level?)" if scale_y > 1
+                else f" (about {1 / scale_y:.3g}x larger)")
+    return (f"slide {path} is {h}x{w} pixels (H x W) at full resolution but the transform of {transform.entry!r} "
+            f"in {transform.store} was computed on {what} of {rh}x{rw}{hint}{sizes}: unless the slide is on that "
+            "image's pixel grid, the warped slide is misplaced")
+
+
+def check_slide_size(transform: StoredTransform, path: str | Path, slide: Any, *, inverse: bool = False,
+                     strict: bool = False) -> bool:
+    """Compare a slide's full-resolution size with the image the transform was computed on.
+
+    A transform applied to the wrong slide, or to another pyramid level of the right one, runs
+    without error and writes a misplaced result; the recorded ``moving_shape`` (``fixed_shape``
+    with ``inverse``) catches it. Only the height and width are compared (a mask of an RGB image
+    has no channels). Stores that do not record the shape are not checked.
+
+    Parameters
+    ----------
+    transform : StoredTransform
+    path : str or Path
+        The slide's file (for the message).
+    slide : MultiscaleImage
+        The slide opened (its ``shape`` and ``pixel_size``).
+    inverse : bool
+        ``False``: the slide should be the moving image's size; ``True``: the fixed image's.
+    strict : bool
+        Raise instead of warning.
+
+    Returns
+    -------
+    bool
+        ``True`` when the sizes agree or nothing is recorded; ``False`` after a warning.
+
+    Raises
+    ------
+    InputImageError
+        ``strict`` and the sizes differ.
+
+    Warns
+    -----
+    DrmimeWarning
+        The sizes differ (one line: both sizes, the recorded image, the pixel sizes when they differ).
+    """
+    problem = _size_mismatch(transform, "fixed" if inverse else "moving", path, slide)
+    if problem is None:
+        return True
+    if strict:
+        raise InputImageError(problem)
+    warnings.warn(problem + " (warped all the same)", DrmimeWarning, stacklevel=3)
+    return False
+
+
 def warp_slide(
     transform: StoredTransform,
     path: str | Path,
@@ -104,6 +180,7 @@ def warp_slide(
     like: str | Path | Sequence[int] | None = None,
     chunks: int | None = None,
     scheduler: str | None = None,
+    strict: bool = False,
 ) -> Location:
     """Warp a slide into the other frame of a stored transform and write it as OME-Zarr or OME-TIFF.
 
@@ -130,6 +207,10 @@ def warp_slide(
     scheduler : str, optional
         A dask scheduler name for this call (``"threads"``, ``"synchronous"``); default: the
         active one (a distributed ``Client`` when one is current).
+    strict : bool
+        Refuse a slide whose full-resolution size differs from the image the transform was
+        computed on (``moving_shape``, or ``fixed_shape`` with ``inverse``, as recorded);
+        default: warn and warp it all the same (:func:`check_slide_size`).
 
     Returns
     -------
@@ -140,10 +221,17 @@ def warp_slide(
     ------
     ImageNotFoundError, UnsupportedFormatError, CorruptImageError
         The slide cannot be read.
+    InputImageError
+        ``strict`` and the slide is not the size the transform was computed on.
     IncompleteOutputError
         The target frame's size is unknown (no recorded shape and its image cannot be opened).
     ConfigError
         An unknown output format or order, or ``out`` is the slide itself.
+
+    Warns
+    -----
+    DrmimeWarning
+        The slide is not the size the transform was computed on (and not ``strict``).
     """
     import dask
 
@@ -157,6 +245,7 @@ def warp_slide(
     if not is_url(str(path)) and not is_url(str(out)) and _same_file(path, out):
         raise ConfigError(f"output {out} is the slide being warped: choose another name")
     slide = open_image(path)
+    check_slide_size(transform, path, slide, inverse=inverse, strict=strict)
     role: Literal["fixed", "moving"] = "moving" if inverse else "fixed"
     out_shape, pixel_size = _target_grid(transform, role, like)
     data = transform._resampled(

@@ -90,15 +90,37 @@ class StoredTransform:
         image = self._image(role)
         return None if image is None else image.pixel_size
 
+    def recorded_shape(self, role: Role) -> tuple[int, ...] | None:
+        """Full-resolution shape ``(H, W[, C])`` of one image as recorded with the transform.
+
+        The attribute ``fixed_shape`` / ``moving_shape`` (:func:`drmime_batch.io.write_transform`):
+        the size of the image the matrix was computed on. ``None`` when not recorded (stores
+        written before it was, or a writer that did not know it) or unreadable.
+
+        Examples
+        --------
+        >>> t = StoredTransform("out.zarr", "p1", {"fixed_shape": [600, 800, 3], "moving_shape": None})
+        >>> t.recorded_shape("fixed"), t.recorded_shape("moving")
+        ((600, 800, 3), None)
+        """
+        recorded = self.attrs.get(f"{_role(role)}_shape")
+        if not isinstance(recorded, (list, tuple)) or len(recorded) not in (2, 3):
+            return None
+        try:
+            shape = tuple(int(v) for v in recorded)
+        except (TypeError, ValueError):
+            return None
+        return shape if min(shape) > 0 else None
+
     def image_shape(self, role: Role) -> tuple[int, ...] | None:
         """Full-resolution shape ``(H, W[, C])`` of one image, ``None`` when unknown.
 
-        Taken from the attributes (``fixed_shape`` / ``moving_shape``) when recorded, else from
-        the recorded image file (metadata only).
+        Taken from the attributes (``fixed_shape`` / ``moving_shape``, :meth:`recorded_shape`)
+        when recorded, else from the recorded image file (metadata only).
         """
-        recorded = self.attrs.get(f"{_role(role)}_shape")
-        if recorded:
-            return tuple(int(v) for v in recorded)
+        recorded = self.recorded_shape(role)
+        if recorded is not None:
+            return recorded
         image = self._image(role)
         return None if image is None else tuple(image.shape)
 
@@ -188,6 +210,7 @@ class StoredTransform:
         like: str | Path | Sequence[int] | None = None,
         chunks: int | None = None,
         scheduler: str | None = None,
+        strict: bool = False,
     ) -> Location:
         """Warp a whole slide at full resolution into the other frame and write it, atomically.
 
@@ -208,7 +231,8 @@ class StoredTransform:
         """
         from drmime_batch.transforms._slide import warp_slide
 
-        return warp_slide(self, path, out, inverse=inverse, order=order, like=like, chunks=chunks, scheduler=scheduler)
+        return warp_slide(self, path, out, inverse=inverse, order=order, like=like, chunks=chunks, scheduler=scheduler,
+                          strict=strict)
 
     # ------------------------------------------------------------------ what a kind supplies
 
@@ -344,6 +368,13 @@ def _entries_hint(root: Location) -> str:
     return f" (entries: {', '.join(names[:_HINT_NAMES])}{more})"
 
 
+def _series_why(root: Location, store: str | Path, parts: list[str]) -> str | None:
+    """Why a series entry (``SERIES/SLIDE``, or ``SERIES`` alone) has no transform; ``None`` if not a series."""
+    from drmime_batch.series._record import why_no_entry
+
+    return why_no_entry(root, str(store), parts)
+
+
 def open_transform(store: str | Path, entry: str) -> StoredTransform:
     """Open the stored transform of one entry of a batch output store.
 
@@ -363,7 +394,10 @@ def open_transform(store: str | Path, entry: str) -> StoredTransform:
     Raises
     ------
     IncompleteOutputError
-        The store or the entry does not exist, or its transform was never completed.
+        The store or the entry does not exist, or its transform was never completed. For a series
+        entry the message says why: the slide was not placed when the series was composed (its
+        links, their states and errors, and what to do), the series was never composed, or the
+        series or the slide is unknown.
     OutputStoreError
         ``entry`` cannot name an entry, or ``store`` is not a zarr v3 output store.
 
@@ -397,14 +431,16 @@ def open_transform(store: str | Path, entry: str) -> StoredTransform:
     base = join(root, *parts[:-1])
     if not exists(join(base, parts[-1], "zarr.json")):
         raise IncompleteOutputError(
-            f"output store {store} has no entry {entry!r}{_entries_hint(base if exists(base) else root)}"
+            _series_why(root, store, parts)
+            or f"output store {store} has no entry {entry!r}{_entries_hint(base if exists(base) else root)}"
         )
     try:
         matrix, attrs = read_transform(base, parts[-1])
         field = read_field(base, parts[-1])
     except IncompleteOutputError:
         raise IncompleteOutputError(
-            f"the transform of {entry!r} in {store} is incomplete (never finished or interrupted): run that pair again"
+            (_series_why(root, store, parts) if len(parts) == 1 else None)
+            or f"the transform of {entry!r} in {store} is incomplete (never finished or interrupted): run that pair again"
         ) from None
     if field is not None:
         return FieldTransform(root, entry, matrix, field, attrs)

@@ -60,6 +60,9 @@ def test_the_transform_store_holds_the_full_resolution_record(finished):
     assert np.allclose(matrix, outcome.matrix)
     assert np.allclose(attrs["result"]["matrix"], outcome.matrix)
     assert attrs["result"]["fixed_shape"][:2] == [661, 892]
+    # the images the matrix is in, beside it: what 'apply slide' checks a slide against
+    assert attrs["fixed_shape"][:2] == [661, 892] and attrs["moving_shape"][:2] == [660, 895]
+    assert attrs["fixed_pixel_size_um"] == attrs["moving_pixel_size_um"] == [1.0, 1.0]
 
 
 def test_the_outcome_round_trips_through_its_dict_and_json(finished):

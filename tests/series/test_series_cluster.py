@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from drmime_batch.cli import main
+from drmime_batch.errors import IncompleteOutputError
 
 HE = Path(__file__).resolve().parents[2] / "drmime_batch/examples/cima-lung-lesion3/images/29-041-Izd2-w35-He-les3.jpg"
 #: top-left corner (x, y) of each slide's crop of the downsized H&E; the reference is s1
@@ -53,4 +54,8 @@ def test_small_series_lands_near_the_truth(tmp_path, monkeypatch):
         t = open_transform(store, f"S/{sid}")
         # reference pixel p shows slide pixel p + (x_ref - x, y_ref - y)
         np.testing.assert_allclose(t.matrix[:2, 2], [rx - x, ry - y], atol=1.0)
+        assert t.recorded_shape("fixed") == t.recorded_shape("moving") == (88, 96, 3)  # from the links' outcomes
     assert (store / "S" / "stack" / "0").exists()
+    # the unreadable slide: apply says which links failed, and why
+    with pytest.raises(IncompleteOutputError, match=r"slide s3 was not placed .*S--s1--s3 failed \(moving image .*missing\.png"):
+        open_transform(store, "S/s3")

@@ -5,50 +5,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
+from _series_support import TRUTH
+from _series_support import finish as _finish
 from PIL import Image
 
 from drmime_batch.cli import main
 from drmime_batch.queue import Queue
-from drmime_batch.series import compose_finished, compose_series, plan_series, read_slides, submit_series
+from drmime_batch.series import compose_finished, compose_series, plan_series, read_slides
 from drmime_batch.transforms import open_transform
-
-
-def _shift(x: float, y: float) -> np.ndarray:
-    return np.array([[1.0, 0.0, x], [0.0, 1.0, y], [0.0, 0.0, 1.0]])
-
-
-#: reference (s1) pixel -> slide pixel
-TRUTH = {"s0": _shift(-3, 2), "s1": np.eye(3), "s2": _shift(4, 1), "s3": _shift(9, -2)}
-
-
-@pytest.fixture()
-def series(tmp_path):
-    rng = np.random.default_rng(0)
-    lines = ["slide_id,path,landmarks"]
-    ref_points = np.array([[10.0, 12.0], [40.0, 20.0], [30.0, 50.0]])
-    for sid, t in TRUTH.items():
-        Image.fromarray(rng.integers(0, 255, (64, 72, 3), dtype=np.uint8)).save(tmp_path / f"{sid}.png")
-        pts = (t @ np.c_[ref_points, np.ones(3)].T)[:2].T
-        (tmp_path / f"{sid}.csv").write_text(",X,Y\n" + "".join(f"{i},{x},{y}\n" for i, (x, y) in enumerate(pts)))
-        lines.append(f"{sid},{sid}.png,{sid}.csv")
-    (tmp_path / "slides.csv").write_text("\n".join(lines) + "\n")
-    plan = plan_series("S", read_slides(tmp_path / "slides.csv"), reference="s1")
-    queue = Queue.open(tmp_path / "q.sqlite", create=True)
-    submit_series(queue, plan, out=tmp_path / "o.zarr")
-    yield queue, plan, tmp_path
-    queue.close()
-
-
-def _finish(queue, plan, *, fail=(), noise=0.0):
-    rng = np.random.default_rng(1)
-    for k in plan.links:
-        queue.claim(k.pair_id)
-        if k.pair_id in fail:
-            queue.fail(k.pair_id, f"cannot read image {k.moving}.png: truncated file")
-            continue
-        m = TRUTH[k.moving] @ np.linalg.inv(TRUTH[k.fixed]) @ _shift(*rng.normal(0, noise, 2))
-        queue.finish(k.pair_id, matrix=m.tolist(), result={}, seconds=1.0)
 
 
 def test_compose_writes_every_slide_in_the_reference_frame(series):
@@ -132,10 +96,10 @@ def test_apply_points_with_a_series_entry_maps_a_slide_into_the_reference_frame(
     assert main(["apply", "points", str(tmp / "o.zarr"), "S/s3", str(out), "--out", str(back), "--inverse"]) == 0
     np.testing.assert_allclose(np.loadtxt(back, delimiter=",", skiprows=1, usecols=(1, 2)),
                                np.loadtxt(tmp / "s3.csv", delimiter=",", skiprows=1, usecols=(1, 2)), atol=1e-9)
-    # the missing slide: one line, the entries there named
+    # the missing slide: one line saying why (more in test_series_apply)
     assert main(["apply", "points", str(tmp / "o.zarr"), "S/s0", str(tmp / "s3.csv"), "--out", str(out)]) != 0
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "no entry 'S/s0'" in err
+    assert len(err.splitlines()) == 1 and "slide s0 was not placed" in err
 
 
 def test_deformable_series_composes_the_matrices_and_names_the_fields_left_out(tmp_path, capsys):
