@@ -23,6 +23,7 @@ and the last lines of its error file.
 from __future__ import annotations
 
 import _thread
+import contextlib
 import logging
 import re
 import shlex
@@ -305,11 +306,35 @@ def _log_tail(path: Path) -> str | None:
     return tail if len(tail) <= _TAIL_CHARS else "..." + tail[-_TAIL_CHARS:]
 
 
+def _slurm_filename(pattern: str, job_id: str, job_name: str | None) -> str:
+    """An ``-e``/``-o`` file name pattern as SLURM expands it for a batch job (``scontrol`` may
+    show it unexpanded): ``%j``/``%J``/``%A`` the job id, ``%x`` its name, ``%u`` the user.
+
+    >>> _slurm_filename("logs/%x-%J.err", "42", "drmime"), _slurm_filename("100%%-%j", "7", None)
+    ('logs/drmime-42.err', '100%-7')
+    """
+    import getpass
+
+    def one(found: re.Match[str]) -> str:
+        code = found.group(1)
+        if code in "jJA":
+            return job_id
+        if code == "x" and job_name:
+            return job_name
+        if code == "u":
+            with contextlib.suppress(Exception):
+                return getpass.getuser()
+        return "%" if code == "%" else found.group(0)
+
+    return re.sub(r"%(.)", one, pattern)
+
+
 def _job_log_files(job_id: str, job: Any, end: _JobEnd | None) -> list[Path]:
     """Where the job's stderr and stdout are: what SLURM says, else dask-jobqueue's ``-e``/``-o``
     paths (``<log-directory>/<job name>-<id>.err``/``.out``)."""
     if end is not None and (end.stderr or end.stdout):
-        return list(dict.fromkeys(Path(p) for p in (end.stderr, end.stdout) if p))
+        name = getattr(job, "job_name", None)
+        return list(dict.fromkeys(Path(_slurm_filename(p, job_id, name)) for p in (end.stderr, end.stdout) if p))
     folder = getattr(job, "log_directory", None)
     if folder is None:
         return []

@@ -201,8 +201,9 @@ def test_job_that_dies_at_once_stops_the_run_naming_its_state_and_error(tmp_path
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     logs = tmp_path / "logs"
+    # SLURM shows the -e/-o patterns as given (%J unexpanded)
     scontrol = (f'echo "JobId=4243 JobName=dask-worker JobState=FAILED Reason=NonZeroExitCode ExitCode=127:0 '
-                f'StdErr={logs}/dask-worker-4243.err StdIn=/dev/null StdOut={logs}/dask-worker-4243.out"\n')
+                f'StdErr={logs}/dask-worker-%J.err StdIn=/dev/null StdOut={logs}/dask-worker-%J.out"\n')
     _dead_job_tools(bin_dir, tmp_path, squeue_knows=True, scontrol=scontrol)
     config = _config(tmp_path, CPU_JOBS.replace("cores: 1", f"cores: 1\n    log-directory: {logs}"))
     line = _one_error_line(_cli(*_run_slurm(queue, config), cwd=tmp_path, path_prefix=bin_dir))
