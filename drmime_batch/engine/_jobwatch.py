@@ -15,7 +15,8 @@ leave it waiting forever, with nothing shown:
 :func:`_watched_job_cls`), and, polling ``squeue`` for SLURM, a job pending for one of the reasons
 of :data:`SLURM_NEVER_STARTS` or a job over (:data:`SLURM_ENDED`, or no longer listed) from which
 no worker ever connected. Each stops the batch the way Ctrl-C does (finished pairs stay finished,
-the others go back to pending) and the cluster, once closed, raises a :class:`ClusterConfigError`
+the others go back to pending; a dead job while other workers are connected is only warned of,
+once: one bad node should not stop the batch) and the cluster, once closed, raises a :class:`ClusterConfigError`
 naming the cause: the command's own error, the pending reason, or the dead job's state, exit code
 and the last lines of its error file.
 """
@@ -93,6 +94,8 @@ class _JobWatch:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._connected: set[str] = set()
+        self._alive: set[str] = set()
+        self._warned: set[str] = set()
 
     def fail(self, reason: str) -> None:
         """Record why the jobs cannot start (the first reason wins) and stop the batch as Ctrl-C does."""
@@ -120,6 +123,31 @@ class _JobWatch:
         """Note that a worker named ``name`` registered with the scheduler (its loop thread)."""
         with self._lock:
             self._connected.add(name)
+            self._alive.add(name)
+
+    def worker_left(self, name: str) -> None:
+        """Note that a worker named ``name`` left the scheduler (its loop thread)."""
+        with self._lock:
+            self._alive.discard(name)
+
+    def any_alive(self) -> bool:
+        """Whether some worker is connected now: the batch can go on without a dead job's."""
+        with self._lock:
+            return bool(self._alive)
+
+    def job_died(self, job_id: str, message: str) -> bool:
+        """A job ended before its worker connected: stop the batch when no worker is left to run it
+        (the same cause, e.g. the wrong python, will end every job), else warn once and go on (one
+        node's failure should not stop hundreds of pairs). True when the batch was stopped."""
+        if not self.any_alive():
+            self.fail(message)
+            return True
+        with self._lock:
+            first = job_id not in self._warned
+            self._warned.add(job_id)
+        if first:
+            logger.warning("%s: %s; the batch goes on with the workers connected", self.source, message)
+        return False
 
     def ever_connected(self, job: Any) -> bool:
         """Whether a worker of ``job`` (named as the job, or ``<job>-<i>`` for a job of several
@@ -139,10 +167,16 @@ class _JobWatch:
         class _WorkerNames(SchedulerPlugin):
             name = "drmime-job-watch"
 
+            names: dict[str, str] = {}  # address -> name: a leaving worker is no longer listed
+
             def add_worker(self, scheduler: Any, worker: str) -> None:
                 state = scheduler.workers.get(worker)
                 if state is not None:
+                    self.names[worker] = str(state.name)
                     watch.worker_connected(str(state.name))
+
+            def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+                watch.worker_left(self.names.pop(worker, worker))
 
         async def install() -> None:  # on the scheduler's loop, which iterates its plugins
             cluster.scheduler.add_plugin(_WorkerNames())  # type: ignore[attr-defined]
@@ -190,8 +224,7 @@ class _JobWatch:
                     continue
                 message = _died_message(job_id, jobs[job_id], states_seen=(states or {}).get(job_id, ""),
                                         last_try=count > _WATCH_CONFIRM)
-                if message is not None:
-                    self.fail(message)
+                if message is not None and job_id not in self._warned and self.job_died(job_id, message):
                     return
 
 

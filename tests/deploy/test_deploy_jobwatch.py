@@ -294,3 +294,22 @@ def test_refused_bsub_stops_the_run_with_its_stderr(tmp_path, queue, use_stdin):
     script = (tmp_path / "bsub.stdin").read_text() if use_stdin else ""
     assert ("#BSUB -W 00:05" in script) == use_stdin  # spooled on stdin, or named on the command line
     assert _pending(queue) == {"pending"}
+
+
+def test_a_dead_job_beside_connected_workers_is_warned_of_once_and_the_batch_goes_on(monkeypatch, caplog):
+    """One bad node must not stop hundreds of pairs: only a dead job with no worker left stops the batch."""
+    from drmime_batch.engine import _jobwatch
+
+    interrupts: list[object] = []
+    monkeypatch.setattr(_jobwatch._thread, "interrupt_main", lambda *a: interrupts.append(a))
+    watch = _jobwatch._JobWatch("slurm.yaml")
+    watch.worker_connected("job-a")
+    with caplog.at_level("WARNING", logger=_jobwatch.__name__):
+        assert watch.job_died("17", "SLURM job 17 ended before its worker connected (FAILED, exit code 1)") is False
+        assert watch.job_died("17", "SLURM job 17 ended before its worker connected (FAILED, exit code 1)") is False
+    warned = [r.getMessage() for r in caplog.records if "job 17" in r.getMessage()]
+    assert len(warned) == 1 and "goes on" in warned[0]
+    assert watch.reason is None and not interrupts
+    watch.worker_left("job-a")  # the last worker gone: the next dead job stops the batch
+    assert watch.job_died("18", "SLURM job 18 ended before its worker connected (FAILED, exit code 1)") is True
+    assert watch.reason is not None and "job 18" in watch.reason and len(interrupts) == 1
