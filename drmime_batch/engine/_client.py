@@ -78,6 +78,7 @@ def open_client(
     min_jobs: int = 0,
     max_jobs: int = 4,
     resources: dict[str, float] | None = None,
+    log_directory: str | Path | None = None,
 ) -> Iterator[Client]:
     """Open a Dask client for a batch and close it (and any cluster made here) on exit.
 
@@ -98,6 +99,8 @@ def open_client(
         Adaptive bounds of HPC/Kubernetes clusters.
     resources : dict, optional
         Resources each LocalCluster worker advertises (``{"GPU": 1}`` for ``--device cuda``).
+    log_directory : str or Path, optional
+        SLURM jobs' stderr/stdout folder when the cluster config sets no ``log-directory``.
 
     Yields
     ------
@@ -162,7 +165,8 @@ def open_client(
             from drmime_batch.engine._clusters import make_cluster
 
             made = stack.enter_context(
-                make_cluster(cluster, config_path=config, min_jobs=min_jobs, max_jobs=max_jobs)
+                make_cluster(cluster, config_path=config, min_jobs=min_jobs, max_jobs=max_jobs,
+                             log_directory=log_directory)
             )
             client = Client(made)
             logger.info("started a %s cluster (%d-%d jobs)", cluster, min_jobs, max_jobs)

@@ -72,6 +72,7 @@ def make_cluster(
     config_path: str | os.PathLike[str] | None,
     min_jobs: int,
     max_jobs: int,
+    log_directory: str | os.PathLike[str] | None = None,
 ) -> Cluster:
     """Start a Dask cluster on an HPC queue or on Kubernetes, scaling adaptively.
 
@@ -87,6 +88,10 @@ def make_cluster(
         Cluster configuration file (see :func:`~drmime_batch.engine._cluster_config.load_cluster_config`).
     min_jobs, max_jobs : int
         Adaptive bounds, in batch jobs (SLURM/PBS/LSF) or worker pods (Kubernetes).
+    log_directory : path-like, optional
+        SLURM: where the jobs write their stderr/stdout when the configuration names no
+        ``log-directory`` (a job that dies before its worker connects is reported with the end
+        of its error file).
 
     Returns
     -------
@@ -114,5 +119,6 @@ def make_cluster(
     if kind == "kubernetes":
         return make_kube_cluster(config, min_jobs=min_jobs, max_jobs=max_jobs)
     return make_jobqueue_cluster(
-        kind, config, source=source_name(config_path), min_jobs=min_jobs, max_jobs=max_jobs
+        kind, config, source=source_name(config_path), min_jobs=min_jobs, max_jobs=max_jobs,
+        log_directory=log_directory,
     )

@@ -5,6 +5,7 @@ The code now lives in modules of one concern each:
 * :mod:`._cluster_config` - the cluster configuration file (layout, loading, our settings);
 * :mod:`._tls` - TLS (:func:`load_security`);
 * :mod:`._jobqueue` - SLURM/PBS/LSF through dask-jobqueue;
+* :mod:`._jobwatch` - its jobs that are refused, can never start or die before a worker connects;
 * :mod:`._kubernetes` - Kubernetes through the dask-kubernetes operator;
 * :mod:`._clusters` - :func:`job_script` and :func:`make_cluster`, dispatching on the kind;
 * :mod:`._gpu_pinning` - the worker preload pinning each process to its own GPU.

@@ -5,27 +5,22 @@ this module adds what a GPU registration batch needs (the GPU request in the sch
 one worker process per GPU advertising ``--resources GPU=1``, the prologue) and passes every job
 setting to dask-jobqueue explicitly.
 
-Jobs that can never start
--------------------------
-dask-jobqueue submits a job and waits for its worker; when the submission is refused (``sbatch``:
-"Invalid partition name specified") it logs the error once and waits forever, and a job that the
-scheduler keeps pending for good (SLURM's ``PartitionTimeLimit``: the walltime is over the
-partition's limit) is indistinguishable from one waiting its turn. :func:`make_jobqueue_cluster`
-therefore watches its own jobs (:class:`_JobWatch`): a refused submission (any scheduler), or a
-SLURM job pending for one of the reasons of :data:`SLURM_NEVER_STARTS`, stops the batch the way
-Ctrl-C does and the cluster, once closed, raises a :class:`ClusterConfigError` naming the cause.
+Jobs that never start or die at once
+------------------------------------
+dask-jobqueue waits forever for the worker of a job whose submission was refused, that pends for
+good, or that died before its worker connected. :func:`make_jobqueue_cluster` therefore watches
+its own jobs (:mod:`._jobwatch`): such a job stops the batch the way Ctrl-C does and the cluster,
+once closed, raises a :class:`ClusterConfigError` naming the cause.
 """
 
 from __future__ import annotations
 
-import _thread
 import copy
 import logging
+import os
 import re
 import signal
-import subprocess
 import threading
-import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -41,13 +36,20 @@ from drmime_batch.engine._cluster_config import (
     dask_sections,
     hpc_settings,
 )
+from drmime_batch.engine._jobwatch import (
+    SLURM_ENDED,
+    SLURM_NEVER_STARTS,
+    _JobWatch,
+    _watched_cluster_cls,
+    _watched_job_cls,
+)
 from drmime_batch.engine._tls import security_from_config
 from drmime_batch.errors import ClusterConfigError
 
 if TYPE_CHECKING:
     from distributed.deploy import Cluster
 
-__all__ = ["GPU_PINNING_PRELOAD", "SLURM_NEVER_STARTS", "jobqueue_job_script", "make_jobqueue_cluster"]
+__all__ = ["GPU_PINNING_PRELOAD", "SLURM_ENDED", "SLURM_NEVER_STARTS", "jobqueue_job_script", "make_jobqueue_cluster"]
 
 logger = logging.getLogger(__name__)
 
@@ -227,176 +229,6 @@ def _pbs_resource_spec(cfg: Mapping[str, Any], gpus: int, source: str) -> str | 
     return spec
 
 
-
-# ------------------------------------------------------------------------------ jobs that never start
-#: SLURM's reasons (``squeue --format=%r``) for a pending job that can never start as it was
-#: submitted, and what each one means for a worker job
-SLURM_NEVER_STARTS: dict[str, str] = {
-    "PartitionTimeLimit": "its walltime is over the partition's time limit",
-    "PartitionNodeLimit": "it asks more nodes than the partition allows",
-    "PartitionConfig": "it asks more than the partition's nodes have (cores, memory, GPUs)",
-    "BadConstraints": "no node has the cores, memory, GPUs or features it asks",
-    "InvalidAccount": "its account is not valid",
-    "InvalidQOS": "its QOS is not valid",
-    "QOSMaxWallDurationPerJobLimit": "its walltime is over the QOS's limit",
-    "AssocMaxWallDurationPerJobLimit": "its walltime is over the account's limit",
-    "QOSMaxCpuPerJobLimit": "it asks more cores than the QOS allows",
-    "QOSMaxMemoryPerJob": "it asks more memory than the QOS allows",
-    "QOSMaxGRESPerJob": "it asks more GPUs than the QOS allows",
-    "QOSMaxNodePerJobLimit": "it asks more nodes than the QOS allows",
-    "AssocMaxCpuPerJobLimit": "it asks more cores than the account allows",
-}
-#: seconds between two ``squeue`` calls of the watch
-_WATCH_EVERY_S = 2.0
-#: calls in a row a reason must be seen on (SLURM may give a first reason before it schedules)
-_WATCH_CONFIRM = 2
-
-
-class _JobWatch:
-    """Finds, while a batch runs, that the cluster's jobs can never start (see the module docstring).
-
-    Parameters
-    ----------
-    source : str
-        The configuration's name, the start of the message.
-    """
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.reason: str | None = None
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-
-    def fail(self, reason: str) -> None:
-        """Record why the jobs cannot start (the first reason wins) and stop the batch as Ctrl-C does."""
-        with self._lock:
-            if self.reason is not None:
-                return
-            self.reason = f"{self.source}: {reason}"
-        logger.info("stopping the batch: %s", self.reason)  # raised, hence printed, later
-        # The driver loop runs on the main thread and knows nothing of the cluster: interrupt it as
-        # Ctrl-C would (the CLI's handler stops the batch cleanly, in-flight pairs back to pending);
-        # leaving the cluster's context then raises the reason (_watched_cluster_cls).
-        _thread.interrupt_main(signal.SIGINT)
-
-    def raise_if_failed(self, cause: BaseException | None = None) -> None:
-        """Raise the recorded reason as a :class:`ClusterConfigError`, if there is one."""
-        if self.reason is not None:
-            raise ClusterConfigError(self.reason) from cause
-
-    def stop(self) -> None:
-        """End the polling thread (idempotent)."""
-        self._stop.set()
-
-    def poll_slurm(self, cluster: Cluster) -> None:
-        """Poll ``squeue`` for the cluster's pending jobs in a daemon thread until :meth:`stop`."""
-        threading.Thread(target=self._poll_slurm, args=(weakref.ref(cluster),), daemon=True,
-                         name="drmime-slurm-job-watch").start()
-
-    def _poll_slurm(self, ref: weakref.ref[Any]) -> None:
-        from distributed.core import Status
-
-        seen: dict[str, int] = {}
-        while not self._stop.wait(_WATCH_EVERY_S):
-            cluster = ref()
-            if cluster is None or cluster.status in (Status.closing, Status.closed):
-                return
-            try:  # the cluster's loop thread changes this dict: a snapshot, tried again next time
-                ids = [str(job.job_id) for job in list(cluster.workers.values()) if getattr(job, "job_id", None)]
-            except RuntimeError:
-                continue
-            finally:
-                del cluster
-            pending = _slurm_pending_reasons(ids) if ids else {}
-            seen = {job: seen.get(job, 0) + 1 for job, why in pending.items() if why in SLURM_NEVER_STARTS}
-            for job, count in seen.items():
-                if count >= _WATCH_CONFIRM:
-                    why = pending[job]
-                    self.fail(f"SLURM job {job} can never start: {why}, {SLURM_NEVER_STARTS[why]} "
-                              "(see jobqueue.slurm)")
-                    return
-
-
-def _slurm_pending_reasons(job_ids: list[str]) -> dict[str, str]:
-    """``{job id: reason}`` of those of ``job_ids`` that are pending; ``{}`` when squeue fails."""
-    try:
-        res = subprocess.run(
-            ["squeue", "--noheader", "--states=PENDING", "--format=%i|%r", f"--jobs={','.join(job_ids)}"],
-            capture_output=True, text=True, timeout=30, check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    if res.returncode != 0:  # e.g. every job already gone ("Invalid job id specified")
-        return {}
-    reasons = {}
-    for line in res.stdout.splitlines():
-        job, _, why = line.strip().partition("|")
-        if job:
-            reasons[job] = why
-    return reasons
-
-
-def _command_error(exc: BaseException) -> str:
-    """What a failed submission command said, on one line.
-
-    >>> _command_error(RuntimeError("Command exited with non-zero exit code.\\nExit code: 1\\n"
-    ...     "Command:\\nsbatch x.sh\\nstdout:\\n\\nstderr:\\nsbatch: error: invalid partition specified: "
-    ...     "nope\\nsbatch: error: Batch job submission failed: Invalid partition name specified\\n"))
-    'invalid partition specified: nope; Batch job submission failed: Invalid partition name specified'
-    """
-    text = str(exc)
-    _, found, err = text.partition("stderr:\n")
-    lines = [re.sub(r"^\S+: error: ", "", line.strip()) for line in err.splitlines() if line.strip()]
-    if found and lines:
-        return "; ".join(dict.fromkeys(lines))
-    code = re.search(r"Exit code: (-?\d+)", text)
-    return f"exit code {code.group(1)}" if code else " ".join(text.split()) or type(exc).__name__
-
-
-def _watched_job_cls(job_cls: type[Any], watch: _JobWatch) -> type[Any]:
-    """``job_cls`` whose refused submission is reported to ``watch`` and leaves the job ``failed``.
-
-    The error is not raised on to dask-jobqueue, which would log it and wait on regardless.
-    """
-
-    from distributed.core import Status
-
-    async def start(self: Any) -> None:
-        try:
-            await job_cls.start(self)
-        except Exception as exc:  # noqa: BLE001 - whatever stopped the submission is the reason
-            command = str(self.submit_command).split()[0]
-            watch.fail(f"{command} refused the worker job: {_command_error(exc)}")
-            # not raised on: the cluster's loop would only log it with a traceback, and the batch
-            # stops on the reason recorded instead. The cluster requires a started job to be
-            # "running"; this one has no job id, so closing it cancels nothing.
-            self.status = Status.running
-
-    async def close(self: Any) -> None:
-        await job_cls.close(self)
-        if self.job_id is None:  # never submitted: closing the cluster checks that it is closed
-            self.status = Status.closed
-
-    return type(job_cls.__name__, (job_cls,), {"start": start, "close": close, "__module__": __name__})
-
-
-def _watched_cluster_cls(cluster_cls: type[Any]) -> type[Any]:
-    """``cluster_cls`` that, when its context is left, stops its watch and raises what it found."""
-
-    def __exit__(self: Any, *exc_info: Any) -> None:
-        watch: _JobWatch = self._drmime_watch
-        watch.stop()
-        try:
-            cluster_cls.__exit__(self, *exc_info)
-        except Exception as exc:
-            watch.raise_if_failed(exc)
-            raise
-        watch.raise_if_failed(exc_info[1])
-
-    return type(cluster_cls.__name__, (cluster_cls,), {"__exit__": __exit__, "__module__": __name__})
-
-
-
 def jobqueue_job_script(kind: str, config: Mapping[str, Any], *, source: str) -> str:
     """The job script dask-jobqueue would submit for one batch job of a loaded configuration.
 
@@ -440,7 +272,13 @@ def jobqueue_job_script(kind: str, config: Mapping[str, Any], *, source: str) ->
 
 
 def make_jobqueue_cluster(
-    kind: str, config: Mapping[str, Any], *, source: str, min_jobs: int, max_jobs: int
+    kind: str,
+    config: Mapping[str, Any],
+    *,
+    source: str,
+    min_jobs: int,
+    max_jobs: int,
+    log_directory: str | os.PathLike[str] | None = None,
 ) -> Cluster:
     """Start an adaptive dask-jobqueue cluster (scheduler in this process) for a loaded configuration.
 
@@ -454,14 +292,19 @@ def make_jobqueue_cluster(
         Name used in error messages (the file).
     min_jobs, max_jobs : int
         Adaptive bounds, in batch jobs.
+    log_directory : path-like, optional
+        SLURM: the folder of the jobs' ``.err``/``.out`` files when ``jobqueue.slurm.log-directory``
+        is not set (it must be readable from the compute nodes and here); the watch quotes the
+        error file of a job that died.
 
     Returns
     -------
     dask_jobqueue.JobQueueCluster
         Adapting between ``min_jobs`` and ``max_jobs`` jobs; the caller closes it by leaving its
         context (``with``). Its jobs are watched: when a submission is refused, or (SLURM) a job
-        pends for a reason of :data:`SLURM_NEVER_STARTS`, the main thread is interrupted as by
-        Ctrl-C and leaving the context raises a :class:`ClusterConfigError` naming the cause.
+        pends for a reason of :data:`SLURM_NEVER_STARTS` or ends (:data:`SLURM_ENDED`) before any
+        of its workers connected, the main thread is interrupted as by Ctrl-C and leaving the
+        context raises a :class:`ClusterConfigError` naming the cause.
 
     Raises
     ------
@@ -475,6 +318,8 @@ def make_jobqueue_cluster(
     security = security_from_config(config, source)
     cfg = _jobqueue_section(kind, config, source)
     kwargs = _jobqueue_kwargs(kind, cfg, settings, source)
+    if kind == "slurm" and log_directory is not None and kwargs.get("log_directory") is None:
+        kwargs["log_directory"] = os.fspath(log_directory)  # SLURM's default: slurm-<id>.out in the cwd
     # cluster-level settings dask-jobqueue would otherwise read from the dask config
     kwargs["scheduler_options"] = dict(cfg.get("scheduler-options") or {})
     kwargs["shared_temp_directory"] = cfg.get("shared-temp-directory")

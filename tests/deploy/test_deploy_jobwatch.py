@@ -170,3 +170,146 @@ def test_importing_dask_jobqueue_keeps_the_sigint_handler():
         """)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == 0, res.stderr
+
+
+# ------------------------------------------------------------------------------------ jobs that die at once
+#: a stand-in sbatch that "runs" the job at once: it writes what bash says of a python that does not
+#: exist into the script's ``#SBATCH -e`` file (``%J``: the job id), as a failed job would
+SBATCH_JOB_DIES = """\
+    err=$(sed -n 's/^#SBATCH -e //p' "$1" | sed 's/%J/4243/')
+    echo "$@" >> {folder}/sbatch.args
+    if [ -n "$err" ]; then
+        printf 'starting\\n%s: line 12: /no/such/python: No such file or directory\\n' "$1" > "$err"
+    fi
+    echo "Submitted batch job 4243"
+    """
+
+
+def _dead_job_tools(bin_dir: Path, folder: Path, *, squeue_knows: bool, scontrol: str) -> None:
+    _tool(bin_dir, "sbatch", SBATCH_JOB_DIES.format(folder=folder))
+    if squeue_knows:  # within MinJobAge: squeue still lists the job, as FAILED
+        _tool(bin_dir, "squeue", 'case "$*" in *--states=all*) echo "4243|FAILED";; esac\n')
+    else:  # forgotten: one unknown job id is an error
+        _tool(bin_dir, "squeue", 'echo "slurm_load_jobs error: Invalid job id specified" >&2\nexit 1\n')
+    _tool(bin_dir, "scontrol", scontrol)
+    _tool(bin_dir, "sacct", 'echo "FAILED|127:0"\n')
+    _tool(bin_dir, "scancel", f'echo "$@" >> {folder}/scancel.args\n')
+
+
+def test_job_that_dies_at_once_stops_the_run_naming_its_state_and_error(tmp_path, queue):
+    """The job's worker never connects and squeue says FAILED: its stderr's last lines, one line."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    logs = tmp_path / "logs"
+    # SLURM shows the -e/-o patterns as given (%J unexpanded)
+    scontrol = (f'echo "JobId=4243 JobName=dask-worker JobState=FAILED Reason=NonZeroExitCode ExitCode=127:0 '
+                f'StdErr={logs}/dask-worker-%J.err StdIn=/dev/null StdOut={logs}/dask-worker-%J.out"\n')
+    _dead_job_tools(bin_dir, tmp_path, squeue_knows=True, scontrol=scontrol)
+    config = _config(tmp_path, CPU_JOBS.replace("cores: 1", f"cores: 1\n    log-directory: {logs}"))
+    line = _one_error_line(_cli(*_run_slurm(queue, config), cwd=tmp_path, path_prefix=bin_dir))
+    assert line == (f"drmime-batch run: error: {config}: SLURM job 4243 ended before its worker connected "
+                    f"(FAILED, exit code 127); {logs}/dask-worker-4243.err ends: starting | "
+                    f"{next(iter(_sbatch_scripts(tmp_path)))}: line 12: /no/such/python: No such file or directory")
+    assert _pending(queue) == {"pending"}
+
+
+def _sbatch_scripts(folder: Path) -> list[str]:
+    return [line.split()[-1] for line in (folder / "sbatch.args").read_text().splitlines()]
+
+
+def test_dead_job_gone_from_squeue_is_found_through_sacct_and_the_default_log_folder(tmp_path, queue):
+    """No log-directory in the config: ``run`` puts the jobs' logs beside the queue
+    (``batch-jobs/``), and a job squeue and scontrol have forgotten is read from sacct."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _dead_job_tools(bin_dir, tmp_path, squeue_knows=False,
+                    scontrol='echo "slurm_load_jobs error: Invalid job id specified" >&2\nexit 1\n')
+    config = _config(tmp_path, CPU_JOBS)
+    line = _one_error_line(_cli(*_run_slurm(queue, config), cwd=tmp_path, path_prefix=bin_dir))
+    err = queue.parent / "batch-jobs" / "dask-worker-4243.err"
+    assert line.startswith(f"drmime-batch run: error: {config}: SLURM job 4243 ended before its worker connected "
+                           f"(FAILED, exit code 127); {err} ends: starting | "), line
+    assert line.endswith("/no/such/python: No such file or directory"), line
+    assert _pending(queue) == {"pending"}
+
+
+def test_dead_job_without_a_readable_log_says_where_it_looked(tmp_path, queue):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _dead_job_tools(bin_dir, tmp_path, squeue_knows=True, scontrol=(
+        'echo "JobId=4243 JobState=NODE_FAIL ExitCode=0:9 StdErr=/nonexistent/x.err StdOut=/nonexistent/x.out"\n'))
+    line = _one_error_line(_cli(*_run_slurm(queue, _config(tmp_path, CPU_JOBS)), cwd=tmp_path,
+                                path_prefix=bin_dir))
+    assert line.endswith("SLURM job 4243 ended before its worker connected (NODE_FAIL, signal 9); nothing "
+                         "readable in /nonexistent/x.err or /nonexistent/x.out"), line
+    assert _pending(queue) == {"pending"}
+
+
+def test_ever_connected_matches_the_job_and_its_worker_processes():
+    from types import SimpleNamespace
+
+    from drmime_batch.engine._jobwatch import _JobWatch
+
+    watch = _JobWatch("c.yaml")
+    watch.worker_connected("SLURMCluster-1-0")  # a job of several worker processes
+    watch.worker_connected("SLURMCluster-3")
+    assert watch.ever_connected(SimpleNamespace(name="SLURMCluster-1"))
+    assert watch.ever_connected(SimpleNamespace(name="SLURMCluster-3"))
+    assert not watch.ever_connected(SimpleNamespace(name="SLURMCluster-10"))  # not a prefix match
+    assert not watch.ever_connected(SimpleNamespace(name="SLURMCluster-2"))
+    # a job the cluster closes itself (scaled down) is no death
+    assert watch.ever_connected(SimpleNamespace(name="SLURMCluster-2", _drmime_closing=True))
+
+
+# ------------------------------------------------------------------------------------ LSF
+LSF_JOBS = """\
+jobqueue:
+  lsf:
+    cores: 1
+    memory: 1GB
+    walltime: "00:05"
+    interface: lo
+    scheduler-options: {dashboard_address: ":0"}
+drmime-batch: {gpus-per-job: 0}
+"""
+
+
+@pytest.mark.parametrize("use_stdin", [True, False], ids=["bsub-stdin", "bsub-file"])
+def test_refused_bsub_stops_the_run_with_its_stderr(tmp_path, queue, use_stdin):
+    """dask-jobqueue runs ``bsub < script 2> /dev/null``: the reason was lost."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _tool(bin_dir, "bsub", f"""\
+        cat > {tmp_path}/bsub.stdin
+        echo "$@" > {tmp_path}/bsub.args
+        echo "User <me> is not a user of queue <gpu>. Job not submitted." >&2
+        exit 255
+        """)
+    config = _config(tmp_path, LSF_JOBS.replace("cores: 1", f"cores: 1\n    use-stdin: {str(use_stdin).lower()}"))
+    res = _cli("run", "--queue", queue, "--cluster", "lsf", "--cluster-config", config, "--no-warp", "--quiet",
+               cwd=tmp_path, path_prefix=bin_dir)
+    line = _one_error_line(res)
+    assert line == (f"drmime-batch run: error: {config}: bsub refused the worker job: User <me> is not a user "
+                    "of queue <gpu>. Job not submitted.")
+    script = (tmp_path / "bsub.stdin").read_text() if use_stdin else ""
+    assert ("#BSUB -W 00:05" in script) == use_stdin  # spooled on stdin, or named on the command line
+    assert _pending(queue) == {"pending"}
+
+
+def test_a_dead_job_beside_connected_workers_is_warned_of_once_and_the_batch_goes_on(monkeypatch, caplog):
+    """One bad node must not stop hundreds of pairs: only a dead job with no worker left stops the batch."""
+    from drmime_batch.engine import _jobwatch
+
+    interrupts: list[object] = []
+    monkeypatch.setattr(_jobwatch._thread, "interrupt_main", lambda *a: interrupts.append(a))
+    watch = _jobwatch._JobWatch("slurm.yaml")
+    watch.worker_connected("job-a")
+    with caplog.at_level("WARNING", logger=_jobwatch.__name__):
+        assert watch.job_died("17", "SLURM job 17 ended before its worker connected (FAILED, exit code 1)") is False
+        assert watch.job_died("17", "SLURM job 17 ended before its worker connected (FAILED, exit code 1)") is False
+    warned = [r.getMessage() for r in caplog.records if "job 17" in r.getMessage()]
+    assert len(warned) == 1 and "goes on" in warned[0]
+    assert watch.reason is None and not interrupts
+    watch.worker_left("job-a")  # the last worker gone: the next dead job stops the batch
+    assert watch.job_died("18", "SLURM job 18 ended before its worker connected (FAILED, exit code 1)") is True
+    assert watch.reason is not None and "job 18" in watch.reason and len(interrupts) == 1

@@ -221,6 +221,35 @@ def test_job_that_cannot_start_stops_the_run_with_its_cause(slurm, tmp_path, fou
     assert slurm.wait_no_live_jobs(20) == []  # the pending job was cancelled on the way out
 
 
+@pytest.mark.parametrize(
+    ("changes", "cause"),
+    [
+        ({"python": "/no/such/python"}, r"/no/such/python: No such file or directory"),
+        ({"worker-extra-args": ["--no-such-option"]}, r"Error: No such option '--no-such-option'\."),
+    ],
+    ids=["no-such-python", "bad-worker-option"],
+)
+def test_job_that_dies_at_once_stops_the_run_with_its_cause(slurm, tmp_path, four_pairs, changes, cause):
+    """The worker command fails on the compute node and the job ends in a second: the run stops
+    (it waited forever before) naming the job, its state and exit code and its error file's end."""
+    queue = submit(slurm, tmp_path, four_pairs, SMALL)
+    config = cpu_config(tmp_path, **changes)
+    started = time.monotonic()
+    res = cli(slurm, *run_args(queue, config), "--quiet", cwd=tmp_path, timeout=90)
+    took = time.monotonic() - started
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    found = re.fullmatch(
+        rf"drmime-batch run: error: {re.escape(str(config))}: SLURM job (\d+) ended before its worker "
+        rf"connected \((FAILED|COMPLETED), exit code \d+\); {re.escape(str(tmp_path / 'jobs'))}/drmime-test-(\d+)\.err "
+        rf"ends: .*{cause}", lines[0])
+    assert found is not None and found.group(1) == found.group(3), lines[0]
+    assert took < 60, f"the run took {took:.0f} s to stop"
+    assert {r.state for r in rows(queue).values()} == {"pending"}
+    assert slurm.wait_no_live_jobs(20) == []
+
+
 def test_controller_not_running_stops_the_run_with_its_cause(slurm, tmp_path, four_pairs):
     """``SLURM_CONF`` naming a controller that does not answer: sbatch's reason, one line."""
     dead = tmp_path / "slurm.conf"
