@@ -106,6 +106,18 @@ class RegistrationConfig:
         Most iterations of the deformable stage (it stops earlier on a plateau).
     lr_deformable : float
         Adam learning rate of the velocity (frame units: 1 is half the longer side).
+    consensus : bool
+        After the linear stage (when ``deformable`` is off), refine it briefly with a coarse
+        deformation (same objective) and replace it by the transform of the same family closest
+        to that deformation over the fixed tissue (least squares): when pieces of a section moved
+        apart between cuts, the linear optimum follows the most distinctive piece, this follows
+        all of them. Kept only when it keeps at least a quarter of the similarity the linear
+        result gained over its start (a deformation gone astray loses more);
+        ``result.init["consensus"]`` says which, and why.
+    consensus_grid : int
+        Velocity-grid cells of that coarse deformation along the longer side.
+    consensus_iterations : int
+        Most iterations of that deformation (never more than ``max_iterations``).
     """
 
     transform: str = "affine"
@@ -139,6 +151,9 @@ class RegistrationConfig:
     deformable_smoothness: float = 3.0
     deformable_iterations: int = 600
     lr_deformable: float = 2e-3
+    consensus: bool = True
+    consensus_grid: int = 4
+    consensus_iterations: int = 240
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -154,7 +169,7 @@ class RegistrationConfig:
         if self.sampling not in ("edges", "uniform"):
             raise ConfigError(f"sampling must be 'edges' or 'uniform', got {self.sampling!r}")
         for name in ("max_size", "levels", "points", "fine_points", "max_iterations", "hidden", "init_angles",
-                     "deformable_grid", "deformable_iterations"):
+                     "deformable_grid", "deformable_iterations", "consensus_grid", "consensus_iterations"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.min_iterations > self.max_iterations:

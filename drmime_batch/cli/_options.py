@@ -39,12 +39,17 @@ def add_registration_arguments(group: argparse._ActionsContainer, *, device_help
     >>> add_registration_arguments(p)
     >>> registration_options(p.parse_args(["--transform", "rigid", "--option", "lr_fine=0.001"]))
     {'transform': 'rigid', 'lr_fine': 0.001}
+    >>> registration_options(p.parse_args(["--no-consensus"]))
+    {'consensus': False}
     """
     for flag, dest, typ, text in REG_OPTIONS:
         group.add_argument(flag, dest=dest, type=typ, help=text)
     group.add_argument("--deformable", dest="deformable", action="store_true", default=None,
                        help="after the linear stage, a dense deformation trained by the same MINE objective "
                             "(kept only when it raises the similarity and does not fold)")
+    group.add_argument("--no-consensus", dest="consensus", action="store_false", default=None,
+                       help="keep the linear stage's optimum as it is (default: replace it by the transform "
+                            "that best follows a short coarse deformation over the tissue)")
     group.add_argument("--device", choices=("auto", "cpu", "cuda"), help=device_help)
     group.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other RegistrationConfig field")
 
@@ -74,6 +79,8 @@ def registration_options(args: argparse.Namespace) -> dict[str, Any]:
         options["device"] = args.device
     if getattr(args, "deformable", None):
         options["deformable"] = True
+    if getattr(args, "consensus", None) is False:
+        options["consensus"] = False
     for item in getattr(args, "option", None) or []:
         key, sep, value = item.partition("=")
         if not sep or not key:

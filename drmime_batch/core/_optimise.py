@@ -16,11 +16,14 @@ smoothed similarity stops improving for ``patience`` iterations the learning rat
 ``lr_decays`` drops the loop stops (or at ``max_iterations``). The returned parameters are an
 exponential moving average of the last iterates, which removes the jitter of stochastic sampling.
 Finally the result is compared with its start by the initialisation's score, and the start is
-kept when the result is worse (:func:`never_worse`).
+kept when the result is worse (:func:`never_worse`); then, unless ``consensus`` is off, it is
+replaced by the consensus of the tissue (:func:`_consensus_stage`,
+:mod:`drmime_batch.core._consensus`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
@@ -33,6 +36,7 @@ import torch.nn.functional as F
 
 from drmime_batch.core._bases import basis, exp_transform
 from drmime_batch.core._config import RegistrationConfig
+from drmime_batch.core._consensus import fit_transform_to_map, tissue_points
 from drmime_batch.core._convention import grid_sample_matrix, level_to_full_matrix, normalised_frame_matrix
 from drmime_batch.core._deformable import DisplacementGrid, VelocityField, jacobian_stats
 from drmime_batch.core._init import Initialisation, centre_of_mass, comparable_score, search_initialisation
@@ -51,6 +55,9 @@ _SCORE_SIZES = (64, 128, 256)  # ... and of those the start, candidates and resu
 #: The result falls back to its start when its score is lower than the start's by more than this
 #: fraction (the score's noise between two nearby poses is well below it).
 FALLBACK_TOLERANCE = 0.05
+#: The consensus fit (see :func:`_consensus_stage`) replaces the linear result only when it keeps at
+#: least this share of the similarity the linear result gained over its start.
+CONSENSUS_KEEP = 0.25
 #: The stored field is integrated on a grid this many times finer than the velocity's (forward and
 #: inverse then undo each other to a few hundredths of a pixel).
 _STORED_REFINE = 4
@@ -343,6 +350,52 @@ def _deformable_stage(
     return field, record | {"kept": True, "reason": None}
 
 
+def _consensus_stage(
+    config: RegistrationConfig,
+    m0: torch.Tensor,
+    frame_matrix: torch.Tensor,
+    params: torch.Tensor,
+    bases: torch.Tensor,
+    verdict: dict[str, Any],
+    scorer: Callable[..., torch.Tensor],
+    points: torch.Tensor,
+    deform: Callable[[RegistrationConfig, torch.Tensor], tuple[VelocityField | None, dict[str, object]]],
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, object]]:
+    """The linear result replaced by the family's closest fit to a coarse deformation of it, or kept.
+
+    See :mod:`drmime_batch.core._consensus`. ``deform(config, matrix)`` runs
+    :func:`_deformable_stage` on the images from ``matrix``; ``points`` are the fixed tissue's
+    frame points the fit weighs equally. The fit is kept when its comparable score keeps at least
+    :data:`CONSENSUS_KEEP` of the linear result's gain over the start (``verdict``'s scores),
+    which is then updated to the fit's score. Returns the frame matrix, the parameters
+    (``2 K``, as the loop's) and the record.
+    """
+    k = bases.shape[0]
+    stage = dataclasses.replace(config, deformable_grid=config.consensus_grid,
+                                deformable_iterations=min(config.consensus_iterations, config.max_iterations))
+    field, record = deform(stage, frame_matrix)
+    out: dict[str, object] = {"iterations": record.get("iterations"), "grid": record.get("grid")}
+    if field is None:
+        return frame_matrix, params, out | {"kept": False, "reason": f"no coarse deformation: {record.get('reason')}"}
+    with torch.no_grad():
+        u = field.displacement(1.0)
+    fitted, theta, rms = fit_transform_to_map(lambda p: _affine(frame_matrix, p + u(p)), points, m0, bases,
+                                              params[:k] + params[k:])
+    with torch.no_grad():
+        score = float(scorer(fitted[None])[0])
+        moved = float((_affine(fitted, points) - _affine(frame_matrix, points)).norm(dim=1).mean())
+    start, linear = float(verdict["start_score"]), float(verdict["final_score"])
+    kept_share = (score - start) / (linear - start) if linear > start else None
+    out |= {"linear_score": linear, "score": score, "kept_share": kept_share, "rms_frame": rms,
+            "moved_frame": moved, "points": int(points.shape[0])}
+    if not (math.isfinite(score) and score - start >= CONSENSUS_KEEP * (linear - start)):
+        share = "none" if kept_share is None else f"{kept_share:.0%}"
+        return frame_matrix, params, out | {
+            "kept": False, "reason": f"the fit keeps {share} of the similarity gained (< {CONSENSUS_KEEP:.0%})"}
+    verdict["final_score"] = score
+    return fitted, torch.cat([theta, torch.zeros_like(theta)]), out | {"kept": True, "reason": None}
+
+
 def level_points(config: RegistrationConfig, pixels: list[int]) -> list[int]:
     """Points sampled per iteration at each level, finest first, from the levels' pixel counts.
 
@@ -598,7 +651,27 @@ def optimise(
     with torch.no_grad():
         params = avg_theta
         frame_matrix = m0 @ exp_transform(params[:k] + params[k:], bases)
-        frame_matrix, verdict = never_worse(m0, frame_matrix, scorer, tolerance=FALLBACK_TOLERANCE)
+        frame_matrix, judged = never_worse(m0, frame_matrix, scorer, tolerance=FALLBACK_TOLERANCE)
+    verdict: dict[str, Any] = dict(judged)
+    t_consensus = 0.0
+    if config.consensus and not config.deformable:
+        t1 = time.perf_counter()
+        if verdict["fallback"]:
+            verdict["consensus"] = {"kept": False, "reason": "the linear stage kept its start (init.fallback)"}
+        else:
+            def deform(cfg: RegistrationConfig, start: torch.Tensor) -> tuple[VelocityField | None, dict[str, object]]:
+                return _deformable_stage(
+                    cfg, start, pyr_f, pyr_m, pools_f, pools_m if config.symmetric else [], f_to_frame, m_to_frame,
+                    frame_to_grid_f, frame_to_grid_m, n_points, net if config.metric == "mine" else None, gen, scorer,
+                    callback, iteration,
+                )
+
+            frame_matrix, params, verdict["consensus"] = _consensus_stage(
+                config, m0, frame_matrix, params, bases, verdict, scorer,
+                tissue_points(fixed_mask, (int(pyr_f[0].shape[1]), int(pyr_f[0].shape[2])), f_to_frame[0]), deform,
+            )
+        t_consensus = time.perf_counter() - t1
+    with torch.no_grad():
         matrix = torch.linalg.inv(frame_m) @ frame_matrix @ frame_f
     deformation: dict[str, object] | None = None
     field_px: dict[str, np.ndarray] | None = None
@@ -632,7 +705,8 @@ def optimise(
         init=init.to_dict()
         | {"method": config.init}
         | verdict,
-        timings={"init_s": t_init, "optimise_s": t_total - t_init, "total_s": t_total},
+        timings={"init_s": t_init, "optimise_s": t_total - t_init - t_consensus, "consensus_s": t_consensus,
+                 "total_s": t_total},
         device=str(device),
         levels=n_levels,
         deformation=deformation,

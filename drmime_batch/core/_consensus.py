@@ -1,0 +1,128 @@
+"""The consensus of the tissue: the linear transform that best follows a coarse deformation.
+
+The linear stage maximises one similarity over the whole image, so when the sections' pieces
+moved apart a little between cuts (lobes, cores, torn edges) the most distinctive piece wins:
+the result aligns that piece and leaves the rest off by more than any affine map has to. A short,
+coarse deformable refinement with the same objective (4 grid cells by default) lets each region
+settle where it belongs; the transform of the requested family that is closest to that map in
+the least-squares sense over the fixed tissue then moves all the tissue consistently. The same idea as fitting an
+affine map to landmarks, with the deformation's dense displacements as the landmarks.
+
+Everything here is in the optimiser's frame coordinates (see :mod:`drmime_batch.core._optimise`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from drmime_batch.core._bases import exp_transform
+
+__all__ = ["fit_transform_to_map", "tissue_points"]
+
+#: Most points the least-squares fit uses (a regular subsample of the tissue pixels).
+MAX_POINTS = 16_384
+
+
+def tissue_points(mask: torch.Tensor | None, shape: tuple[int, int], to_frame: torch.Tensor,
+                  limit: int = MAX_POINTS) -> torch.Tensor:
+    """Frame coordinates ``(N, 2)`` of the fixed pixels in tissue, on a regular subgrid.
+
+    Parameters
+    ----------
+    mask : Tensor, shape (H, W), optional
+        1 = tissue; None (or a mask without tissue) takes every pixel.
+    shape : (int, int)
+        ``(H, W)`` of the fixed image the mask belongs to.
+    to_frame : Tensor, shape (3, 3)
+        Pixel → frame matrix of that image.
+    limit : int
+        At most about this many points (every ``s``-th row and column).
+
+    Examples
+    --------
+    >>> m = torch.zeros(8, 8); m[2:6, 2:6] = 1
+    >>> tissue_points(m, (8, 8), torch.eye(3, dtype=torch.float64)).shape
+    torch.Size([16, 2])
+    """
+    h, w = shape
+    device, dtype = to_frame.device, to_frame.dtype
+    keep = torch.ones(h, w, dtype=torch.bool, device=device) if mask is None else (mask.to(device) > 0.5)
+    if not bool(keep.any()):
+        keep = torch.ones(h, w, dtype=torch.bool, device=device)
+    count = int(keep.sum())
+    step = max(1, int((count / limit) ** 0.5 + 0.999))
+    sub = keep[::step, ::step]
+    yy, xx = torch.nonzero(sub, as_tuple=True)
+    px = torch.stack([xx.to(dtype) * step, yy.to(dtype) * step], 1)
+    hom = torch.cat([px, torch.ones_like(px[:, :1])], 1) @ to_frame.T
+    return hom[:, :2] / hom[:, 2:3]
+
+
+def fit_transform_to_map(
+    target: Callable[[torch.Tensor], torch.Tensor],
+    points: torch.Tensor,
+    start: torch.Tensor,
+    bases: torch.Tensor,
+    theta: torch.Tensor,
+    *,
+    iterations: int = 50,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The transform ``start @ exp(sum t_i B_i)`` closest to ``target`` over ``points``.
+
+    Parameters
+    ----------
+    target : callable
+        Frame points ``(N, 2)`` → where the map to follow sends them ``(N, 2)``.
+    points : Tensor, shape (N, 2)
+        Frame points weighted equally (the fixed tissue).
+    start, bases : Tensor
+        ``M0`` (3, 3) and the family's basis matrices (K, 3, 3): the fit stays in the family.
+    theta : Tensor, shape (K,)
+        Where the fit starts (the linear stage's parameters).
+    iterations : int
+        L-BFGS iterations (it converges in a few on a smooth quadratic-like loss).
+
+    Returns
+    -------
+    matrix : Tensor, shape (3, 3)
+    theta : Tensor, shape (K,)
+    rms : float
+        Root-mean-square distance (frame units) between the fitted transform and ``target`` over
+        ``points``: how far the deformation is from any transform of the family.
+
+    Examples
+    --------
+    >>> from drmime_batch.core._bases import basis
+    >>> b = basis("affine", dtype=torch.float64)
+    >>> shift = lambda p: p + torch.tensor([0.1, -0.05], dtype=torch.float64)
+    >>> pts = torch.rand(200, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    >>> m, _, rms = fit_transform_to_map(shift, pts, torch.eye(3, dtype=torch.float64), b, torch.zeros(6, dtype=torch.float64))
+    >>> [round(float(v), 4) for v in m[:2, 2]], rms < 1e-6
+    ([0.1, -0.05], True)
+    """
+    with torch.no_grad():
+        goal = target(points).detach()
+    params = theta.detach().clone().requires_grad_(True)
+    hom = torch.cat([points, torch.ones_like(points[:, :1])], 1)
+
+    def loss_of(p: torch.Tensor) -> torch.Tensor:
+        m = start @ exp_transform(p, bases)
+        h = hom @ m.T
+        return ((h[:, :2] / h[:, 2:3] - goal) ** 2).sum(1).mean()
+
+    opt = torch.optim.LBFGS([params], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-12, tolerance_change=1e-14)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = loss_of(params)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        final = params.detach()
+        rms = float(loss_of(final).sqrt())
+        return start @ exp_transform(final, bases), final, rms

@@ -1,0 +1,106 @@
+"""The consensus stage: the linear result replaced by the family's least-squares fit to a coarse
+deformation over the fixed tissue, kept only when it keeps a quarter of the similarity gained."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_deformable import QUICK, _deformed, _section
+
+from drmime_batch import register
+from drmime_batch.core import _optimise
+from drmime_batch.core._bases import basis
+from drmime_batch.core._consensus import fit_transform_to_map, tissue_points
+
+F64 = torch.float64
+
+
+def _points(n: int = 400, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 2, dtype=F64, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def _similarity(angle_deg: float, scale: float, shift: tuple[float, float]) -> torch.Tensor:
+    a = math.radians(angle_deg)
+    m = torch.eye(3, dtype=F64)
+    m[:2, :2] = scale * torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], dtype=F64)
+    m[:2, 2] = torch.tensor(shift, dtype=F64)
+    return m
+
+
+def _apply(m: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    h = torch.cat([p, torch.ones_like(p[:, :1])], 1) @ m.T
+    return h[:, :2] / h[:, 2:3]
+
+
+def test_fit_recovers_a_map_of_its_family_and_stays_in_a_smaller_family():
+    target = _similarity(7.0, 1.08, (0.05, -0.03))
+    pts = _points()
+    eye = torch.eye(3, dtype=F64)
+    sim, _, rms = fit_transform_to_map(lambda p: _apply(target, p), pts, eye, basis("similarity", dtype=F64),
+                                       torch.zeros(4, dtype=F64))
+    assert rms < 1e-6 and torch.allclose(sim, target, atol=1e-6)
+    rigid, _, rms_rigid = fit_transform_to_map(lambda p: _apply(target, p), pts, eye, basis("rigid", dtype=F64),
+                                               torch.zeros(3, dtype=F64))
+    lin = rigid[:2, :2]
+    assert torch.allclose(lin @ lin.T, torch.eye(2, dtype=F64), atol=1e-9)  # no scale in a rigid fit
+    assert math.degrees(math.atan2(float(lin[1, 0]), float(lin[0, 0]))) == pytest.approx(7.0, abs=0.05)
+    assert rms_rigid > 0.01  # the 8 % scale it cannot follow
+
+
+def test_fit_of_two_pieces_moving_apart_is_their_mean_motion():
+    """Left half shifted by +0.04, right half by -0.02 (frame units): the translation closest to
+    that map over equally many points of each half is their mean, +0.01."""
+    pts = _points(2000)
+
+    def pieces(p: torch.Tensor) -> torch.Tensor:
+        dx = torch.where(p[:, 0] < 0, torch.tensor(0.04, dtype=F64), torch.tensor(-0.02, dtype=F64))
+        return p + torch.stack([dx, torch.zeros_like(dx)], 1)
+
+    m, _, _ = fit_transform_to_map(pieces, pts, torch.eye(3, dtype=F64), basis("translation", dtype=F64),
+                                   torch.zeros(2, dtype=F64))
+    share_left = float((pts[:, 0] < 0).double().mean())
+    assert float(m[0, 2]) == pytest.approx(0.04 * share_left - 0.02 * (1 - share_left), abs=1e-9)
+
+
+def test_tissue_points_follow_the_mask_and_the_limit():
+    mask = torch.zeros(200, 300)
+    mask[50:150, 100:250] = 1
+    to_frame = torch.eye(3, dtype=F64)
+    pts = tissue_points(mask, (200, 300), to_frame, limit=1000)
+    assert 500 <= len(pts) <= 1000
+    assert float(pts[:, 0].min()) >= 100 and float(pts[:, 0].max()) < 250
+    assert float(pts[:, 1].min()) >= 50 and float(pts[:, 1].max()) < 150
+    everywhere = tissue_points(torch.zeros(200, 300), (200, 300), to_frame, limit=1000)  # no tissue: every pixel
+    assert float(everywhere[:, 0].max()) > 250 and float(everywhere[:, 1].min()) < 50
+
+
+@pytest.fixture(scope="module")
+def section_pair():
+    fixed = _section()
+    return fixed, _deformed(fixed, amplitude=4.0)
+
+
+def test_consensus_is_recorded_and_a_rejected_fit_leaves_the_linear_result_unchanged(section_pair, monkeypatch):
+    fixed, moving = section_pair
+    quick = {k: v for k, v in QUICK.items() if k != "deformable_iterations"}
+    plain = register(fixed, moving, consensus=False, **quick)
+    assert "consensus" not in plain.init
+    fitted = register(fixed, moving, **quick)
+    record = fitted.init["consensus"]
+    assert record["kept"] is True and record["reason"] is None
+    assert record["iterations"] <= QUICK["max_iterations"] and record["points"] > 1000
+    assert fitted.init["final_score"] == pytest.approx(record["score"])
+    assert fitted.timings["consensus_s"] > 0
+    # both land on the same section (a consensus moves the result by a fraction of a pixel here)
+    h, w = fixed.shape[:2]
+    grid = np.array([[x, y] for x in (0.25 * w, 0.75 * w) for y in (0.25 * h, 0.75 * h)])
+    assert np.abs(fitted.map_points(grid) - plain.map_points(grid)).max() < 2.0
+
+    monkeypatch.setattr(_optimise, "CONSENSUS_KEEP", 2.0)  # no fit can keep twice the gain
+    refused = register(fixed, moving, **quick)
+    record = refused.init["consensus"]
+    assert record["kept"] is False and "of the similarity gained" in record["reason"]
+    np.testing.assert_array_equal(refused.matrix, plain.matrix)
