@@ -58,6 +58,10 @@ FALLBACK_TOLERANCE = 0.05
 #: The consensus fit (see :func:`_consensus_stage`) replaces the linear result only when it keeps at
 #: least this share of the similarity the linear result gained over its start.
 CONSENSUS_KEEP = 0.25
+#: ... and only when it moves the tissue by at least this many pixels of the registered level on
+#: average: a smaller change is within what the coarse deformation resolves (noise), and the
+#: linear optimum sits exactly on the similarity's peak.
+CONSENSUS_MIN_MOVE_PX = 1.0
 #: The stored field is integrated on a grid this many times finer than the velocity's (forward and
 #: inverse then undo each other to a few hundredths of a pixel).
 _STORED_REFINE = 4
@@ -360,15 +364,18 @@ def _consensus_stage(
     scorer: Callable[..., torch.Tensor],
     points: torch.Tensor,
     deform: Callable[[RegistrationConfig, torch.Tensor], tuple[VelocityField | None, dict[str, object]]],
+    *,
+    pixel: float,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, object]]:
     """The linear result replaced by the family's closest fit to a coarse deformation of it, or kept.
 
     See :mod:`drmime_batch.core._consensus`. ``deform(config, matrix)`` runs
     :func:`_deformable_stage` on the images from ``matrix``; ``points`` are the fixed tissue's
-    frame points the fit weighs equally. The fit is kept when its comparable score keeps at least
-    :data:`CONSENSUS_KEEP` of the linear result's gain over the start (``verdict``'s scores),
-    which is then updated to the fit's score. Returns the frame matrix, the parameters
-    (``2 K``, as the loop's) and the record.
+    frame points the fit weighs equally; ``pixel`` the frame units per pixel of the registered
+    level. The fit is kept when it moves the tissue by at least :data:`CONSENSUS_MIN_MOVE_PX`
+    on average and its comparable score keeps at least :data:`CONSENSUS_KEEP` of the linear
+    result's gain over the start (``verdict``'s scores; its final score then becomes the fit's).
+    Returns the frame matrix, the parameters (``2 K``, as the loop's) and the record.
     """
     k = bases.shape[0]
     stage = dataclasses.replace(config, deformable_grid=config.consensus_grid,
@@ -387,7 +394,11 @@ def _consensus_stage(
     start, linear = float(verdict["start_score"]), float(verdict["final_score"])
     kept_share = (score - start) / (linear - start) if linear > start else None
     out |= {"linear_score": linear, "score": score, "kept_share": kept_share, "rms_frame": rms,
-            "moved_frame": moved, "points": int(points.shape[0])}
+            "moved_frame": moved, "moved_px": moved / pixel, "points": int(points.shape[0])}
+    if moved / pixel < CONSENSUS_MIN_MOVE_PX:
+        return frame_matrix, params, out | {
+            "kept": False, "reason": f"the fit moves the tissue by {moved / pixel:.2f} px on average "
+                                     f"(< {CONSENSUS_MIN_MOVE_PX:g}): the linear optimum stands"}
     if not (math.isfinite(score) and score - start >= CONSENSUS_KEEP * (linear - start)):
         share = "none" if kept_share is None else f"{kept_share:.0%}"
         return frame_matrix, params, out | {
@@ -669,6 +680,7 @@ def optimise(
             frame_matrix, params, verdict["consensus"] = _consensus_stage(
                 config, m0, frame_matrix, params, bases, verdict, scorer,
                 tissue_points(fixed_mask, (int(pyr_f[0].shape[1]), int(pyr_f[0].shape[2])), f_to_frame[0]), deform,
+                pixel=float(f_to_frame[0][0, 0]),
             )
         t_consensus = time.perf_counter() - t1
     with torch.no_grad():

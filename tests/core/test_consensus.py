@@ -83,24 +83,31 @@ def section_pair():
     return fixed, _deformed(fixed, amplitude=4.0)
 
 
-def test_consensus_is_recorded_and_a_rejected_fit_leaves_the_linear_result_unchanged(section_pair, monkeypatch):
+def test_consensus_is_recorded_and_a_refused_fit_leaves_the_linear_result_unchanged(section_pair, monkeypatch):
     fixed, moving = section_pair
     quick = {k: v for k, v in QUICK.items() if k != "deformable_iterations"}
     plain = register(fixed, moving, consensus=False, **quick)
     assert "consensus" not in plain.init
+
+    monkeypatch.setattr(_optimise, "CONSENSUS_MIN_MOVE_PX", 0.0)  # this small deformation moves < 1 px
     fitted = register(fixed, moving, **quick)
     record = fitted.init["consensus"]
     assert record["kept"] is True and record["reason"] is None
     assert record["iterations"] <= QUICK["max_iterations"] and record["points"] > 1000
+    assert record["kept_share"] >= _optimise.CONSENSUS_KEEP and 0 < record["moved_px"] < 2.0
     assert fitted.init["final_score"] == pytest.approx(record["score"])
     assert fitted.timings["consensus_s"] > 0
-    # both land on the same section (a consensus moves the result by a fraction of a pixel here)
-    h, w = fixed.shape[:2]
+    h, w = fixed.shape[:2]  # both land on the same section, a fraction of a pixel apart
     grid = np.array([[x, y] for x in (0.25 * w, 0.75 * w) for y in (0.25 * h, 0.75 * h)])
-    assert np.abs(fitted.map_points(grid) - plain.map_points(grid)).max() < 2.0
+    assert 0 < np.abs(fitted.map_points(grid) - plain.map_points(grid)).max() < 2.0
 
-    monkeypatch.setattr(_optimise, "CONSENSUS_KEEP", 2.0)  # no fit can keep twice the gain
+    monkeypatch.setattr(_optimise, "CONSENSUS_KEEP", 2.0)  # no fit keeps twice the gain
     refused = register(fixed, moving, **quick)
-    record = refused.init["consensus"]
-    assert record["kept"] is False and "of the similarity gained" in record["reason"]
+    assert refused.init["consensus"]["kept"] is False and "of the similarity gained" in refused.init["consensus"]["reason"]
     np.testing.assert_array_equal(refused.matrix, plain.matrix)
+
+    monkeypatch.setattr(_optimise, "CONSENSUS_KEEP", 0.25)
+    monkeypatch.setattr(_optimise, "CONSENSUS_MIN_MOVE_PX", 50.0)  # a change below the deformation's resolution
+    still = register(fixed, moving, **quick)
+    assert still.init["consensus"]["kept"] is False and "linear optimum stands" in still.init["consensus"]["reason"]
+    np.testing.assert_array_equal(still.matrix, plain.matrix)
