@@ -262,16 +262,7 @@ def test_ever_connected_matches_the_job_and_its_worker_processes():
 
 
 # ------------------------------------------------------------------------------------ LSF
-LSF_JOBS = """\
-jobqueue:
-  lsf:
-    cores: 1
-    memory: 1GB
-    walltime: "00:05"
-    interface: lo
-    scheduler-options: {dashboard_address: ":0"}
-drmime-batch: {gpus-per-job: 0}
-"""
+LSF_JOBS = CPU_JOBS.replace("slurm:", "lsf:").replace('"00:05:00"', '"00:05"')  # LSF walltime is HH:MM
 
 
 @pytest.mark.parametrize("use_stdin", [True, False], ids=["bsub-stdin", "bsub-file"])
