@@ -105,7 +105,12 @@ def _ensure_groups(root: Location, pair_dir: Location) -> None:
             continue
         if exists(join(path, ".zgroup")) or exists(join(path, ".zarray")):
             raise OutputStoreError(f"{path} is a zarr v2 node; drmime_batch writes zarr v3 outputs (choose a new OUT)")
-        zarr.open_group(store=str(path), mode="a", zarr_format=3)
+        try:
+            zarr.open_group(store=str(path), mode="a", zarr_format=3)
+        except zarr.errors.ContainsGroupError:
+            # another worker created it between our check and zarr's: it exists, as wanted (the
+            # first pairs of a batch finishing at once on two workers raced here)
+            pass
 
 
 def _json_safe(value: Any) -> Any:

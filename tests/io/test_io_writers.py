@@ -195,3 +195,24 @@ def test_validation(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="format must be"):
         write_registered(out, "q", da.zeros((10, 10), dtype=np.uint8), format="png")  # type: ignore[arg-type]
     assert not pair_is_complete(out, "never-written")
+
+
+def test_two_workers_creating_the_output_store_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first pairs of a batch can finish together on two workers: both see no ``OUT/zarr.json``
+    and both ask zarr to create it; the second must carry on with the group the first made."""
+    out = tmp_path / "out.zarr"
+    real_open_group = zarr.open_group
+    raced: list[str] = []
+
+    def other_worker_first(*args, **kwargs):  # the other worker creates the group just before us
+        store = kwargs.get("store", args[0] if args else None)
+        if not raced:
+            raced.append(str(store))
+            real_open_group(store=store, mode="a", zarr_format=3)
+            raise zarr.errors.ContainsGroupError(f"A group exists in store {store!r} at path ''.")
+        return real_open_group(*args, **kwargs)
+
+    monkeypatch.setattr(zarr, "open_group", other_worker_first)
+    write_transform(out, "pair-1", M, attrs={"transform": "affine"})
+    monkeypatch.undo()
+    assert raced and read_transform(out, "pair-1")[0].tolist() == M.tolist()
