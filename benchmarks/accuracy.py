@@ -41,7 +41,6 @@ import csv
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -52,7 +51,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from drmime_batch.evaluation import best_fit_matrix, evaluate_matrix, read_landmarks, summarise
+from drmime_batch.evaluation import best_fit_matrix, evaluate_matrix, machine_info, read_landmarks, summarise
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATASET = REPO / "drmime_batch" / "examples" / "cima-lung-lesion3"
@@ -437,26 +436,8 @@ def print_tables(outcomes: list[Outcome], summary: dict[str, Any], methods: list
 
 
 def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-    }
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    info["cpu_model"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    for mod in ("torch", "SimpleITK", "itk", "numpy"):
-        try:
-            info[f"{mod}_version"] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - optional
-            pass
-    return info
+    """The machine, with the versions of the peers this benchmark runs."""
+    return machine_info(versions=("torch", "SimpleITK", "itk", "numpy"))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -52,7 +52,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -68,23 +67,6 @@ PIXEL_UM = 0.25
 REAL_IMAGE = Path(__file__).resolve().parents[1] / "drmime_batch/examples/cima-lung-lesion3/images/29-041-Izd2-w35-He-les3.jpg"
 REAL_UPSCALE = 4
 
-
-def _machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import psutil
-
-        mem = f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
-    except ImportError:
-        mem = "RAM ?"
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), {mem}, Python {platform.python_version()}"
 
 
 def _tiles(count: int = 16) -> list[np.ndarray]:
@@ -244,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         n = args.size
         gb = n * n * 3 / 1e9
-        machine = _machine()
+        from drmime_batch.evaluation import machine_summary
+
+        machine = machine_summary()
         print(f"machine: {machine}")
         slide = work / "slide.ome.tif"
         t0 = time.perf_counter()

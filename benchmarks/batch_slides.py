@@ -41,7 +41,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -56,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from drmime_batch.core import apply_matrix
-from drmime_batch.evaluation import read_landmarks, write_landmarks
+from drmime_batch.evaluation import machine_summary, read_landmarks, write_landmarks
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "drmime_batch" / "examples" / "cima-lung-lesion3"
 FIXED_STAIN = "He"
@@ -66,20 +65,6 @@ LEVELS = (1, 4, 16)
 PIXEL_UM = 0.5
 WORKER_MARK = "spawn_main"
 
-
-def _machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import psutil
-
-    mem = f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), {mem}, Python {platform.python_version()}"
 
 
 def _image_path(stain: str) -> Path:
@@ -326,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         args.tmp.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="drmime-batch-slides-", dir=args.tmp))
     try:
-        machine = _machine()
+        machine = machine_summary()
         print(f"machine: {machine}", flush=True)
         t0 = time.perf_counter()
         manifest, pairs = generate(work / "slides", args.size, args.pairs, noise=args.noise, seed=args.seed)

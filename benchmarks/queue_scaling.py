@@ -36,7 +36,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -186,20 +185,12 @@ def per_pair_ms(path: Path, driver_cls: type[_Driver], pairs: int, in_flight: in
 
 
 def machine() -> dict[str, Any]:
+    """The machine, with SQLite's version (the store these figures measure)."""
     import sqlite3
 
-    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "sqlite": sqlite3.sqlite_version, "cpu_count": os.cpu_count()}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        info["load_average"] = [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        pass
-    return info
+    from drmime_batch.evaluation import machine_info
+
+    return machine_info(versions=()) | {"sqlite": sqlite3.sqlite_version}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -30,23 +29,6 @@ import numpy as np
 
 SHARD, CHUNK = 2048, 512
 
-
-def _machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import psutil
-
-        mem = f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
-    except ImportError:
-        mem = "RAM ?"
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), {mem}, Python {platform.python_version()}"
 
 
 def _texture(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
@@ -136,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         n = args.size
         gb = n * n * 3 / 1e9
-        print(f"machine: {_machine()}")
+        from drmime_batch.evaluation import machine_summary
+
+        print(f"machine: {machine_summary()}")
         print(f"slide: {n} x {n} x 3 uint8 = {gb:.2f} GB, zarr v3 shards {SHARD}, chunks {CHUNK}, zstd-3")
         t0 = time.perf_counter()
         generate(work / "src.zarr", n)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from drmime_batch.evaluation._batch import SUMMARY_KEYS, evaluate_rows, image_shape, summarise_rows
 from drmime_batch.evaluation._fit import best_fit_matrix
 from drmime_batch.evaluation._landmarks import pair_landmarks, read_landmarks, write_landmarks
+from drmime_batch.evaluation._machine import machine_info, machine_summary
 from drmime_batch.evaluation._report import write_html_report
 from drmime_batch.evaluation._scores import (
     LandmarkScores,
@@ -36,6 +37,8 @@ __all__ = [
     "image_diagonal",
     "image_shape",
     "landmark_errors",
+    "machine_info",
+    "machine_summary",
     "pair_landmarks",
     "read_landmarks",
     "summarise",
