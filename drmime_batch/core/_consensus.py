@@ -8,6 +8,11 @@ settle where it belongs; the transform of the requested family that is closest t
 the least-squares sense over the fixed tissue then moves all the tissue consistently. The same idea as fitting an
 affine map to landmarks, with the deformation's dense displacements as the landmarks.
 
+Only the tissue the deformation sends inside the moving image counts (:func:`inside_moving`):
+beyond its edge the similarity has nothing to compare, so the field there is whatever the
+smoothness term extrapolates, and where sections are cropped tightly (tissue to the image
+border, shifted between the two cuts) that is a sixth of the tissue.
+
 Everything here is in the optimiser's frame coordinates (see :mod:`drmime_batch.core._optimise`).
 """
 
@@ -19,7 +24,7 @@ import torch
 
 from drmime_batch.core._bases import exp_transform
 
-__all__ = ["fit_transform_to_map", "tissue_points"]
+__all__ = ["fit_transform_to_map", "inside_moving", "tissue_points"]
 
 #: Most points the least-squares fit uses (a regular subsample of the tissue pixels).
 MAX_POINTS = 16_384
@@ -58,6 +63,31 @@ def tissue_points(mask: torch.Tensor | None, shape: tuple[int, int], to_frame: t
     px = torch.stack([xx.to(dtype) * step, yy.to(dtype) * step], 1)
     hom = torch.cat([px, torch.ones_like(px[:, :1])], 1) @ to_frame.T
     return hom[:, :2] / hom[:, 2:3]
+
+
+def inside_moving(target: Callable[[torch.Tensor], torch.Tensor], points: torch.Tensor,
+                  frame_to_grid: torch.Tensor) -> torch.Tensor:
+    """Which ``points`` the map ``target`` sends inside the moving image: a boolean ``(N,)``.
+
+    Parameters
+    ----------
+    target : callable
+        Fixed frame points ``(N, 2)`` → moving frame points ``(N, 2)``.
+    points : Tensor, shape (N, 2)
+    frame_to_grid : Tensor, shape (3, 3)
+        Moving frame → ``grid_sample`` coordinates of the moving image (its pixels' outer edges
+        at -1 and 1).
+
+    Examples
+    --------
+    >>> pts = torch.tensor([[0.0, 0.0], [0.9, 0.0], [0.0, -0.8]], dtype=torch.float64)
+    >>> inside_moving(lambda p: p + 0.3, pts, torch.eye(3, dtype=torch.float64)).tolist()
+    [True, False, True]
+    """
+    with torch.no_grad():
+        mapped = target(points)
+        h = torch.cat([mapped, torch.ones_like(mapped[:, :1])], 1) @ frame_to_grid.T
+        return (h[:, :2] / h[:, 2:3]).abs().le(1.0).all(1)
 
 
 def fit_transform_to_map(

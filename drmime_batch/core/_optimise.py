@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from drmime_batch.core._bases import basis, exp_transform
 from drmime_batch.core._config import RegistrationConfig
-from drmime_batch.core._consensus import fit_transform_to_map, tissue_points
+from drmime_batch.core._consensus import fit_transform_to_map, inside_moving, tissue_points
 from drmime_batch.core._convention import grid_sample_matrix, level_to_full_matrix, normalised_frame_matrix
 from drmime_batch.core._deformable import DisplacementGrid, VelocityField, jacobian_stats
 from drmime_batch.core._init import Initialisation, centre_of_mass, comparable_score, search_initialisation
@@ -366,13 +366,15 @@ def _consensus_stage(
     deform: Callable[[RegistrationConfig, torch.Tensor], tuple[VelocityField | None, dict[str, object]]],
     *,
     pixel: float,
+    moving_grid: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, object]]:
     """The linear result replaced by the family's closest fit to a coarse deformation of it, or kept.
 
     See :mod:`drmime_batch.core._consensus`. ``deform(config, matrix)`` runs
     :func:`_deformable_stage` on the images from ``matrix``; ``points`` are the fixed tissue's
-    frame points the fit weighs equally; ``pixel`` the frame units per pixel of the registered
-    level. The fit is kept when it moves the tissue by at least :data:`CONSENSUS_MIN_MOVE_PX`
+    frame points the fit weighs equally, of which it keeps those the deformation sends inside the
+    moving image (``moving_grid``: moving frame → its grid coordinates) unless they are fewer than
+    a quarter; ``pixel`` the frame units per pixel of the registered level. The fit is kept when it moves the tissue by at least :data:`CONSENSUS_MIN_MOVE_PX`
     on average and its comparable score keeps at least :data:`CONSENSUS_KEEP` of the linear
     result's gain over the start (``verdict``'s scores; its final score then becomes the fit's).
     Returns the frame matrix, the parameters (``2 K``, as the loop's) and the record.
@@ -386,8 +388,15 @@ def _consensus_stage(
         return frame_matrix, params, out | {"kept": False, "reason": f"no coarse deformation: {record.get('reason')}"}
     with torch.no_grad():
         u = field.displacement(1.0)
-    fitted, theta, rms = fit_transform_to_map(lambda p: _affine(frame_matrix, p + u(p)), points, m0, bases,
-                                              params[:k] + params[k:])
+
+    def deformed(p: torch.Tensor) -> torch.Tensor:
+        return _affine(frame_matrix, p + u(p))
+
+    inside = inside_moving(deformed, points, moving_grid)
+    out["points_outside"] = int((~inside).sum())
+    if int(inside.sum()) >= points.shape[0] // 4:  # else the images barely overlap: no better evidence
+        points = points[inside]
+    fitted, theta, rms = fit_transform_to_map(deformed, points, m0, bases, params[:k] + params[k:])
     with torch.no_grad():
         score = float(scorer(fitted[None])[0])
         moved = float((_affine(fitted, points) - _affine(frame_matrix, points)).norm(dim=1).mean())
@@ -680,7 +689,7 @@ def optimise(
             frame_matrix, params, verdict["consensus"] = _consensus_stage(
                 config, m0, frame_matrix, params, bases, verdict, scorer,
                 tissue_points(fixed_mask, (int(pyr_f[0].shape[1]), int(pyr_f[0].shape[2])), f_to_frame[0]), deform,
-                pixel=float(f_to_frame[0][0, 0]),
+                pixel=float(f_to_frame[0][0, 0]), moving_grid=frame_to_grid_m[0],
             )
         t_consensus = time.perf_counter() - t1
     with torch.no_grad():

@@ -111,3 +111,25 @@ def test_consensus_is_recorded_and_a_refused_fit_leaves_the_linear_result_unchan
     still = register(fixed, moving, **quick)
     assert still.init["consensus"]["kept"] is False and "linear optimum stands" in still.init["consensus"]["reason"]
     np.testing.assert_array_equal(still.matrix, plain.matrix)
+
+
+def test_only_tissue_mapped_inside_the_moving_image_counts(section_pair, monkeypatch):
+    """Tissue that a shift sends past the moving image's edge has no evidence behind its
+    displacement: it is left out of the fit, and the record says how much was."""
+    from drmime_batch.core._consensus import inside_moving
+
+    pts = _points(1000)
+    shifted = inside_moving(lambda p: p + torch.tensor([0.5, 0.0], dtype=F64), pts, torch.eye(3, dtype=F64))
+    assert bool(shifted[pts[:, 0] < 0.5].all()) and not bool(shifted[pts[:, 0] > 0.5].any())
+
+    fixed, moving = section_pair
+    w = fixed.shape[1]
+    quick = {k: v for k, v in QUICK.items() if k != "deformable_iterations"} | {"consensus_iterations": 80}
+    monkeypatch.setattr(_optimise, "CONSENSUS_MIN_MOVE_PX", 0.0)
+    whole = register(fixed, moving, **quick)
+    assert whole.init["consensus"]["points_outside"] == 0
+    cut = register(fixed, moving[:, w // 6:], **quick)  # the moving section's left sixth is not on its slide
+    record = cut.init["consensus"]
+    assert record["points_outside"] > 0.01 * (record["points"] + record["points_outside"])
+    centre = np.array([[w / 2, fixed.shape[0] / 2]])
+    assert cut.map_points(centre)[0, 0] == pytest.approx(whole.map_points(centre)[0, 0] - w // 6, abs=3.0)
