@@ -58,7 +58,6 @@ from __future__ import annotations
 import argparse
 import csv
 import fnmatch
-import importlib.util
 import json
 import logging
 import math
@@ -67,7 +66,6 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -93,20 +91,9 @@ SEED = 20240617
 logger = logging.getLogger("benchmarks.robustness")
 
 
-def _load_accuracy() -> ModuleType:
-    """``benchmarks/accuracy.py`` as a module (``benchmarks/`` is not a package)."""
-    name = "benchmarks_accuracy"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("accuracy.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-acc = _load_accuracy()
+# benchmarks/ is not a package: its scripts import one another from their folder
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import accuracy as acc  # noqa: E402
 
 
 # --------------------------------------------------------------------------- cases

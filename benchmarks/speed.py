@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import importlib.util
 import json
 import math
 import pstats
@@ -73,7 +72,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable
 
 import numpy as np
@@ -88,20 +86,9 @@ TARGET_RTRE = 0.0066  # ... with the median rTRE at most this
 FLOOR_FACTOR = 1.3  # ... and every pair within 1.3x its affine floor
 
 
-def _load_accuracy() -> ModuleType:
-    """``benchmarks/accuracy.py`` as a module (``benchmarks/`` is not a package)."""
-    name = "benchmarks_accuracy"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("accuracy.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-acc = _load_accuracy()
+# benchmarks/ is not a package: its scripts import one another from their folder
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import accuracy as acc  # noqa: E402
 
 
 # --------------------------------------------------------------------------- the seed
