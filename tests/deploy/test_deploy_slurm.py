@@ -260,7 +260,9 @@ def test_controller_not_running_stops_the_run_with_its_cause(slurm, tmp_path, fo
     port = next(line for line in slurm.conf.read_text().splitlines() if line.startswith("SlurmctldPort="))
     from _slurm_support import _free_ports
 
-    dead.write_text(slurm.conf.read_text().replace(port, f"SlurmctldPort={_free_ports(1)[0]}"))
+    # MessageTimeout=1: sbatch gives up on the silent port after its first tries (about 9 s of
+    # retries at the default 10 s), with the same message
+    dead.write_text(slurm.conf.read_text().replace(port, f"SlurmctldPort={_free_ports(1)[0]}\nMessageTimeout=1"))
     queue = submit(slurm, tmp_path, four_pairs, SMALL)
     offline = SlurmCluster(slurm.folder, dead, {**slurm.env, "SLURM_CONF": str(dead)})
     res = cli(offline, *run_args(queue, cpu_config(tmp_path)), "--quiet", cwd=tmp_path, timeout=120)
