@@ -273,10 +273,12 @@ def test_controller_not_running_stops_the_run_with_its_cause(slurm, tmp_path, fo
     assert {r.state for r in rows(queue).values()} == {"pending"}
 
 
-def test_driver_stopped_or_killed_mid_batch_leaves_no_job_and_resumes(slurm, tmp_path, four_pairs):
+def test_driver_stopped_or_killed_mid_batch_leaves_no_job_and_resumes(slurm, tmp_path, tiny_manifest):
     """SIGINT and SIGTERM: the driver cancels its jobs; SIGKILL: the workers end with their
-    scheduler and their jobs with them; the next ``run`` finishes every pair."""
-    queue = submit(slurm, tmp_path, four_pairs, SLOWER)
+    scheduler and their jobs with them; the next ``run`` finishes every pair.
+
+    Two pairs on up to two jobs: each run has a pair on every worker it starts, as with more."""
+    queue = submit(slurm, tmp_path, tiny_manifest, SLOWER)
     args = run_args(queue, cpu_config(tmp_path))
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         run = Run(slurm, *args, cwd=tmp_path)
