@@ -13,7 +13,8 @@ scaled by the same factor (and the moving ones moved by the same rotation and sh
 
 Then, as a user would, each in a subprocess (the ``drmime-batch`` console script):
 
-- ``drmime-batch submit MANIFEST --queue Q --out STORE`` (default registration settings);
+- ``drmime-batch submit MANIFEST --queue Q --out STORE`` (default registration settings, or
+  those of ``--option KEY=VALUE``, passed on to submit);
 - ``drmime-batch run --queue Q --workers W`` (embedded LocalCluster, 1 thread per worker,
   registered images written: the default);
 - ``drmime-batch evaluate --queue Q --json FILE`` (untimed).
@@ -305,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the generated slides and the output store")
     parser.add_argument("--generate-only", action="store_true", help="only write the slides and the manifest")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write every figure as JSON to OUT")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="registration setting passed on to submit's --option (repeatable; default: none, "
+                             "the package's defaults)")
     args = parser.parse_args(argv)
 
     if args.tmp is not None:
@@ -331,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         cli = cli_command()
         queue, store = work / "queue.sqlite", work / "out.zarr"
         load_before = os.getloadavg()
-        submit_cmd = [*cli, "submit", str(manifest), "--queue", str(queue), "--out", str(store), "--quiet"]
+        submit_cmd = [*cli, "submit", str(manifest), "--queue", str(queue), "--out", str(store), "--quiet",
+                      *(arg for kv in args.option for arg in ("--option", kv))]
         run_cmd = [*cli, "run", "--queue", str(queue), "--workers", str(args.workers), "--quiet"]
         t_submit, s_submit, _ = timed(submit_cmd, every=args.every, cwd=work)
         print(f"submit: {t_submit:.1f} s", flush=True)
@@ -357,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         done = sum(1 for p in per_pair if p["state"] == "done")
         record: dict[str, Any] = {
             "machine": machine, "size": args.size, "pairs": len(pairs), "done": done, "workers": args.workers,
+            "options": list(args.option),
             "fixed_shape": list(fixed_shape), "moving_shapes": [list(s) for s in shapes.values()],
             "slides_mb": round(mb), "generate_s": round(made, 1),
             "submit_s": round(t_submit, 2), "run_s": round(t_run, 2), "seconds": round(seconds, 2),

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_deformable import QUICK, _deformed, _section
+from test_deformable import QUICK
 
 from drmime_batch import register
 from drmime_batch.core import _optimise
@@ -77,16 +77,9 @@ def test_tissue_points_follow_the_mask_and_the_limit():
     assert float(everywhere[:, 0].max()) > 250 and float(everywhere[:, 1].min()) < 50
 
 
-@pytest.fixture(scope="module")
-def section_pair():
-    fixed = _section()
-    return fixed, _deformed(fixed, amplitude=4.0)
-
-
-def test_consensus_is_recorded_and_a_refused_fit_leaves_the_linear_result_unchanged(section_pair, monkeypatch):
-    fixed, moving = section_pair
+def test_consensus_is_recorded_and_a_refused_fit_leaves_the_linear_result_unchanged(section_linear, monkeypatch):
+    fixed, moving, plain = section_linear  # register(fixed, moving, consensus=False, **QUICK), shared
     quick = {k: v for k, v in QUICK.items() if k != "deformable_iterations"} | {"consensus_iterations": 80}
-    plain = register(fixed, moving, consensus=False, **quick)
     assert "consensus" not in plain.init
 
     monkeypatch.setattr(_optimise, "CONSENSUS_MIN_MOVE_PX", 0.0)  # this small deformation moves < 1 px

@@ -47,10 +47,8 @@ def _deformed(image: np.ndarray, amplitude: float) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def recovered():
-    fixed = _section()
-    moving = _deformed(fixed, amplitude=4.0)
-    linear = register(fixed, moving, consensus=False, **QUICK)  # the linear stage the deformable one starts from
+def recovered(section_linear):
+    fixed, moving, linear = section_linear  # linear: the stage the deformable one starts from
     deformable = register(fixed, moving, deformable=True, **QUICK)
     return fixed, linear, deformable
 

@@ -68,7 +68,11 @@ def cpu_config(folder: Path, **changes: Any) -> Path:
 
 
 def _env(slurm: SlurmCluster) -> dict[str, str]:
-    env = {**slurm.env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # A worker that leaves its scheduler (its job cancelled) keeps its job's slot in the adaptive
+    # cluster for dask's lost-worker-timeout (15 s by default) before a replacement job is asked
+    # for: 2 s here, the same replacement sooner.
+    env = {**slurm.env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT": "2s"}
     env.pop("DASK_SCHEDULER_ADDRESS", None)
     return env
 
@@ -256,7 +260,9 @@ def test_controller_not_running_stops_the_run_with_its_cause(slurm, tmp_path, fo
     port = next(line for line in slurm.conf.read_text().splitlines() if line.startswith("SlurmctldPort="))
     from _slurm_support import _free_ports
 
-    dead.write_text(slurm.conf.read_text().replace(port, f"SlurmctldPort={_free_ports(1)[0]}"))
+    # MessageTimeout=1: sbatch gives up on the silent port after its first tries (about 9 s of
+    # retries at the default 10 s), with the same message
+    dead.write_text(slurm.conf.read_text().replace(port, f"SlurmctldPort={_free_ports(1)[0]}\nMessageTimeout=1"))
     queue = submit(slurm, tmp_path, four_pairs, SMALL)
     offline = SlurmCluster(slurm.folder, dead, {**slurm.env, "SLURM_CONF": str(dead)})
     res = cli(offline, *run_args(queue, cpu_config(tmp_path)), "--quiet", cwd=tmp_path, timeout=120)
@@ -267,10 +273,12 @@ def test_controller_not_running_stops_the_run_with_its_cause(slurm, tmp_path, fo
     assert {r.state for r in rows(queue).values()} == {"pending"}
 
 
-def test_driver_stopped_or_killed_mid_batch_leaves_no_job_and_resumes(slurm, tmp_path, four_pairs):
+def test_driver_stopped_or_killed_mid_batch_leaves_no_job_and_resumes(slurm, tmp_path, tiny_manifest):
     """SIGINT and SIGTERM: the driver cancels its jobs; SIGKILL: the workers end with their
-    scheduler and their jobs with them; the next ``run`` finishes every pair."""
-    queue = submit(slurm, tmp_path, four_pairs, SLOWER)
+    scheduler and their jobs with them; the next ``run`` finishes every pair.
+
+    Two pairs on up to two jobs: each run has a pair on every worker it starts, as with more."""
+    queue = submit(slurm, tmp_path, tiny_manifest, SLOWER)
     args = run_args(queue, cpu_config(tmp_path))
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         run = Run(slurm, *args, cwd=tmp_path)

@@ -89,7 +89,9 @@ def test_scheduler_file_and_gpu_routing(cluster, tmp_path):
 def test_worker_sigkill_mid_pair_is_retried(cluster, tmp_path):
     manifest = make_pairs(tmp_path / "data", n_good=1)
     queue = tmp_path / "q.sqlite"
-    slow = ["--transform", "translation", "--max-iterations", "300", "--option", "min_iterations=300",
+    # 150 iterations on each of two levels: seconds on a warm worker, still mid-pair after the 1 s
+    # below; the retry, on a worker of its own or the other one, runs them all again
+    slow = ["--transform", "translation", "--max-iterations", "150", "--option", "min_iterations=150",
             "--option", "init=moments", "--max-size", "200"]
     cli("submit", manifest, "--queue", queue, "--out", tmp_path / "out.zarr", *slow)
     driver = spawn("run", "--queue", queue, "--scheduler-file", cluster["file"], "--no-warp")
