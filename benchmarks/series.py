@@ -19,7 +19,7 @@
    the /4 level, the stack warps level 0).
 4. Stack memory (``--stack-slides 10,60 --stack-size 2000``): the stack writer alone
    (``write_stack``, no registration) on N generated slides of the same kind, placed by their true
-   transforms; each N in a fresh process, its peak RSS (``getrusage``) and seconds, for the writer
+   transforms; each N in a fresh process, its peak RSS (``VmHWM``), seconds and CPU seconds, for the writer
    as it is (a few planes per dask computation), the same with one plane per computation
    (``per-plane``) and the previous writer (``one-graph``: every plane and level in one graph,
    kept here as the peer). The figure: peak at the largest N minus at the smallest.
@@ -384,8 +384,23 @@ def _one_graph_stack(path: Path, slides: list[tuple[str, str, np.ndarray | None]
     da.store(sources, targets, lock=False, compute=True)
 
 
+def _peak_rss() -> int:
+    """This process's peak RSS in bytes: ``VmHWM`` (its own memory only), else ``getrusage``.
+
+    ``ru_maxrss`` of a spawned child also holds its parent's RSS at the fork (Linux keeps it across
+    ``exec``): a parent that generated large slides would hide the child's own peak.
+    """
+    import resource
+
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _stack_child(writer: str, slides: list[tuple[str, str, Any]], out: str) -> dict[str, float]:
-    """In a fresh process: one stack write, its seconds and the process's peak RSS (before and after)."""
+    """In a fresh process: one stack write, its seconds, CPU seconds and peak RSS (before and after)."""
     import resource
 
     import dask.array  # noqa: F401  (imported before the baseline)
@@ -399,7 +414,7 @@ def _stack_child(writer: str, slides: list[tuple[str, str, Any]], out: str) -> d
 
         _stack._CHUNKS_AT_ONCE = 1
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    base, cpu = usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
+    base, cpu = _peak_rss(), usage.ru_utime + usage.ru_stime
     matrices = [(sid, path, None if m is None else np.asarray(m)) for sid, path, m in slides]
     t0 = time.perf_counter()
     if writer == "one-graph":
@@ -409,7 +424,7 @@ def _stack_child(writer: str, slides: list[tuple[str, str, Any]], out: str) -> d
     seconds = time.perf_counter() - t0
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime - cpu,
-            "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9, "base_rss_gb": base / 1e9}
+            "peak_rss_gb": _peak_rss() / 1e9, "base_rss_gb": base / 1e9}
 
 
 def stack_memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
