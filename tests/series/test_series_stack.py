@@ -98,7 +98,6 @@ def test_one_computation_stores_a_bounded_number_of_planes_whatever_the_series_l
             if matrix is not None:
                 own = np.asarray(warp(open_image(path), matrix, like=open_image(slides[0][1])).compute())
                 np.testing.assert_array_equal(stack[z, 0], own)
-        monkeypatch.setattr(_stack, "_store", _STORE)
     assert largest[3] == largest[8]  # the largest graph is two planes', for 3 slides as for 8
 
 
