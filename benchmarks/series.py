@@ -17,13 +17,20 @@
    slides per hour of the registrations and of the whole series, and the far end's error.
    Level 0 is the /4 level's pixels repeated 4x4 (so generation stays cheap; registration reads
    the /4 level, the stack warps level 0).
+4. Stack memory (``--stack-slides 10,60 --stack-size 2000``): the stack writer alone
+   (``write_stack``, no registration) on N generated slides of the same kind, placed by their true
+   transforms; each N in a fresh process, its peak RSS (``VmHWM``), seconds and CPU seconds, for the writer
+   as it is (a few planes per dask computation), the same with one plane per computation
+   (``per-plane``) and the previous writer (``one-graph``: every plane and level in one graph,
+   kept here as the peer). The figure: peak at the largest N minus at the smallest.
 
-All run the real pipeline: ``submit-series`` pairs in a queue, ``run_queue`` on a LocalCluster,
+1-3 run the real pipeline: ``submit-series`` pairs in a queue, ``run_queue`` on a LocalCluster,
 ``compose_series``.
 
     python benchmarks/series.py                                   # defaults (slow on a laptop)
     python benchmarks/series.py --slides 8 --max-iterations 100 --max-size 384   # reduced
     python benchmarks/series.py --skip-lung --skip-generated --scale-slides 100 --scale-size 10000
+    python benchmarks/series.py --skip-lung --skip-generated --stack-slides 10,60 --stack-size 2000
 """
 
 from __future__ import annotations
@@ -278,20 +285,17 @@ def _make_slide(path: Path, size: int, truth: np.ndarray, rng: np.random.Generat
             tw.write(tiles(a), shape=a.shape, dtype=np.uint8, subfiletype=1, metadata=None, **opts)
 
 
-def scale_series(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Many large generated slides as one series: peak RSS per worker, slides per hour, far-end error."""
+def _scale_slides(n: int, size: int, work: Path, seed: int) -> tuple[list[Any], dict[str, np.ndarray]]:
+    """``n`` slides ``z000..`` of ``size`` square in ``work``, each a random affine step from the one before."""
     from PIL import Image
 
-    from drmime_batch.queue import Queue
-    from drmime_batch.series import SeriesSlide, compose_series, plan_series, submit_series
+    from drmime_batch.series import SeriesSlide
 
-    n, size = args.scale_slides, args.scale_size
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(seed)
     src = np.asarray(Image.open(EXAMPLE / "images" / f"{STAINS['He']}.jpg").convert("RGB"), dtype=np.float32)
     c = np.array([size / 2, size / 2])
     truth = {"z000": np.eye(3)}
     slides = []
-    t0 = time.perf_counter()
     for i in range(n):
         sid = f"z{i:03d}"
         if i:
@@ -304,6 +308,17 @@ def scale_series(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         path = work / f"{sid}.ome.tif"
         _make_slide(path, size, truth[sid], rng, src)
         slides.append(SeriesSlide(sid, str(path)))
+    return slides, truth
+
+
+def scale_series(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Many large generated slides as one series: peak RSS per worker, slides per hour, far-end error."""
+    from drmime_batch.queue import Queue
+    from drmime_batch.series import compose_series, plan_series, submit_series
+
+    n, size = args.scale_slides, args.scale_size
+    t0 = time.perf_counter()
+    slides, truth = _scale_slides(n, size, work, args.seed)
     print(f"  generated {n} slides of {size} x {size} in {time.perf_counter() - t0:.0f} s", flush=True)
     plan = plan_series("big", slides, reference="z000", skip=args.scale_skip)
     with _RssSampler() as rss:
@@ -334,6 +349,129 @@ def scale_series(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "stack": summary.get("stack") is not None}
 
 
+def _one_graph_stack(path: Path, slides: list[tuple[str, str, np.ndarray | None]], *, reference_path: str) -> None:
+    """The previous stack writer (the peer): every plane and every level in one dask graph.
+
+    The same warps, levels and zarr arrays as ``write_stack`` (no attributes, no staging): the
+    planes stacked along z (an unplaced one as zeros), every level stored by one ``da.store``.
+    """
+    import dask.array as da
+    import zarr
+
+    from drmime_batch.io import open_image, warp
+    from drmime_batch.series._stack import _CHUNK, _chunks, _halve_yx, _level_shapes
+
+    reference = open_image(reference_path)
+    h, w = int(reference.shape[0]), int(reference.shape[1])
+    planes = []
+    for _, image_path, matrix in slides:
+        if matrix is not None:
+            arr = warp(open_image(image_path), matrix, like=reference, chunks=_CHUNK)
+            planes.append(arr[None] if arr.ndim == 2 else da.moveaxis(arr, 2, 0))
+        else:
+            planes.append(None)
+    first = next(p for p in planes if p is not None)
+    zero = da.zeros(first.shape, dtype=first.dtype, chunks=(first.shape[0], _CHUNK, _CHUNK))
+    level = da.stack([(p if p is not None else zero).rechunk((first.shape[0], _CHUNK, _CHUNK)) for p in planes])
+    group = zarr.open_group(store=str(path), mode="w", zarr_format=3)
+    sources, targets = [], []
+    for i, shp in enumerate(_level_shapes(len(slides), first.shape[0], h, w)):
+        if i:
+            level = _halve_yx(sources[-1])
+        sources.append(level.rechunk(_chunks(shp)))
+        targets.append(group.create_array(str(i), shape=shp, dtype=first.dtype, chunks=_chunks(shp),
+                                          dimension_names=["z", "c", "y", "x"], fill_value=0))
+    da.store(sources, targets, lock=False, compute=True)
+
+
+def _peak_rss() -> int:
+    """This process's peak RSS in bytes: ``VmHWM`` (its own memory only), else ``getrusage``.
+
+    ``ru_maxrss`` of a spawned child also holds its parent's RSS at the fork (Linux keeps it across
+    ``exec``): a parent that generated large slides would hide the child's own peak.
+    """
+    import resource
+
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _stack_child(writer: str, slides: list[tuple[str, str, Any]], out: str) -> dict[str, float]:
+    """In a fresh process: one stack write, its seconds, CPU seconds and peak RSS (before and after)."""
+    import resource
+
+    import dask.array  # noqa: F401  (imported before the baseline)
+    import zarr  # noqa: F401
+
+    from drmime_batch.io import open_image  # noqa: F401
+    from drmime_batch.series._stack import write_stack
+
+    if writer == "per-plane":  # the writer as it is, one plane per computation however small
+        from drmime_batch.series import _stack
+
+        _stack._CHUNKS_AT_ONCE = 1
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    base, cpu = _peak_rss(), usage.ru_utime + usage.ru_stime
+    matrices = [(sid, path, None if m is None else np.asarray(m)) for sid, path, m in slides]
+    t0 = time.perf_counter()
+    if writer == "one-graph":
+        _one_graph_stack(Path(out), matrices, reference_path=slides[0][1])
+    else:
+        write_stack(out, matrices, reference_path=slides[0][1])
+    seconds = time.perf_counter() - t0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime - cpu,
+            "peak_rss_gb": _peak_rss() / 1e9, "base_rss_gb": base / 1e9}
+
+
+def stack_memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Peak RSS and seconds of the stack writer alone for each N of ``--stack-slides``, beside the previous one."""
+    import multiprocessing
+    import shutil
+    from concurrent.futures import ProcessPoolExecutor
+
+    counts = sorted(int(v) for v in args.stack_slides.split(","))
+    writers = args.stack_writers.split(",")
+    t0 = time.perf_counter()
+    slides, truth = _scale_slides(max(counts), args.stack_size, work, args.seed)
+    print(f"  generated {max(counts)} slides of {args.stack_size} x {args.stack_size} "
+          f"in {time.perf_counter() - t0:.0f} s", flush=True)
+    rows = []
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:  # untimed: compiled kernels' caches
+        first = [(s.slide_id, s.path, truth[s.slide_id].tolist()) for s in slides[:1]]
+        pool.submit(_stack_child, writers[0], first, str(work / "stack-warm-up")).result()
+    for k, n in enumerate(counts):
+        for writer in writers if k % 2 == 0 else writers[::-1]:  # alternate the order: the load drifts
+            entries = [(s.slide_id, s.path, truth[s.slide_id].tolist()) for s in slides[:n]]
+            out = work / f"stack-{writer}-{n}"
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                got = pool.submit(_stack_child, writer, entries, str(out)).result()
+            shutil.rmtree(out, ignore_errors=True)
+            rows.append({"writer": writer, "slides": n, **got})
+            print(f"  {writer:<10} {n:>4} slides: {got['seconds']:7.1f} s ({got['cpu_s']:6.1f} s CPU), "
+                  f"{n / got['seconds']:6.2f} planes/s, "
+                  f"peak RSS {got['peak_rss_gb']:.3f} GB (after imports {got['base_rss_gb']:.3f})", flush=True)
+    growth = {}
+    for writer in writers:
+        peaks = [next(r["peak_rss_gb"] for r in rows if r["writer"] == writer and r["slides"] == n) for n in counts]
+        seconds = sum(r["seconds"] for r in rows if r["writer"] == writer)
+        cpu = sum(r["cpu_s"] for r in rows if r["writer"] == writer)
+        growth[writer] = {"peak_growth_gb": peaks[-1] - peaks[0], "steps_gb": [float(d) for d in np.diff(peaks)],
+                          "seconds_per_plane": seconds / sum(counts), "cpu_s_per_plane": cpu / sum(counts)}
+        steps = ", ".join(f"{a}->{b} {d * 1000:+.0f}" for a, b, d in zip(counts[:-1], counts[1:], np.diff(peaks), strict=True))
+        print(f"  {writer}: peak RSS at {counts[-1]} minus at {counts[0]} slides "
+              f"{growth[writer]['peak_growth_gb'] * 1000:+.0f} MB ({steps} MB); "
+              f"{growth[writer]['seconds_per_plane']:.2f} s ({growth[writer]['cpu_s_per_plane']:.2f} s CPU) per plane "
+              "over all runs", flush=True)
+    from drmime_batch.evaluation import machine_info
+
+    return {"size": args.stack_size, "counts": counts, "runs": rows, "growth": growth,
+            "machine": machine_info(versions=("dask", "zarr", "numpy"))}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--slides", type=int, default=30, help="sections of the generated series (default 30)")
@@ -348,6 +486,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale-size", type=int, default=10_000, help="side of each scale slide (default 10000)")
     p.add_argument("--scale-skip", type=int, default=2, help="longest link of the scale series (default 2)")
     p.add_argument("--scale-no-warp", action="store_true", help="scale run without the full-resolution stack")
+    p.add_argument("--stack-slides", help="stack memory run: comma-separated slide counts (e.g. 10,60)")
+    p.add_argument("--stack-size", type=int, default=2000, help="side of each stack-run slide (default 2000)")
+    p.add_argument("--stack-writers", default="current,one-graph",
+                   help="stack writers to measure: current (write_stack as it is), per-plane (the same, one plane "
+                        "per computation), one-graph (the previous one)")
     p.add_argument("--tmp", type=Path, help="scratch folder (default: the system's)")
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args(argv)
@@ -382,6 +525,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"whole series {big['slides_per_hour']:.0f} slides/h", flush=True)
             print(f"  peak RSS per worker: {', '.join(f'{p:.2f}' for p in peaks)} GB; driver {big['driver_peak_rss_gb']:.2f} GB; "
                   f"far end {big['far_end']}: {big['far_px']} px ({big['far_rel']})", flush=True)
+        if args.stack_slides:
+            print(f"stack memory: the stack writer alone, {args.stack_slides} slides of {args.stack_size} x "
+                  f"{args.stack_size} ...", flush=True)
+            results["stack_memory"] = stack_memory(args, work)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     return 0
