@@ -23,13 +23,24 @@ bit and the ``reasons`` behind it, with the measured ``features``:
 ``anisotropy``, ``area_change``
     The linear part's singular-value ratio and determinant (shear and scale plausibility;
     ``area_change`` is relative to the ratio of tissue areas, so pixel sizes do not matter).
+``local_shift``, ``local_coherence``
+    Local consistency, at about :data:`LOCAL_SIZE` px (see :func:`local_consistency`): cells of
+    the fixed tissue each find the small shift of the map that suits them best, and an affine field
+    is fitted to those shifts. ``local_shift`` is the correction the cells agree on (RMS of that
+    field, fraction of the diagonal), ``local_coherence`` how far it stands above their scatter
+    (about 1 for the scatter of the tissue's own deformation). A map that aligned one piece of a
+    section (a lobe that moved between the cuts) and left the others off sits on a peak of the
+    global similarity, so the features above pass it; its cells agree on the correction it lacks.
+    Flagged when both exceed their thresholds (``local_shift`` alone is large on rough tissue);
+    not judged (None) with fewer than :data:`LOCAL_MIN_CELLS` cells (``local_cells``).
 ``gain``, ``jacobian_min``
     Recorded, not thresholded: the optimiser's similarity over its start (``init`` record) and the
     deformable stage's smallest Jacobian determinant (a fold when not positive: flagged).
 
 The thresholds (:data:`THRESHOLDS`) were chosen on the robustness benchmark (see
-``benchmarks/qc_calibration.py`` and ``benchmarks/RESULTS.md``). This module needs numpy and
-scipy only.
+``benchmarks/qc_calibration.py`` and ``benchmarks/RESULTS.md``). Callers hand in levels of at
+least :data:`LOCAL_SIZE` px where they have them (the other features are measured on a copy shrunk
+to :data:`QC_SIZE`). This module needs numpy and scipy only.
 """
 
 from __future__ import annotations
