@@ -67,7 +67,7 @@ THRESHOLDS: dict[str, float] = {
     "anisotropy_max": 1.5,
     "area_change_max": 4.0,
     "jacobian_min": 0.0,
-    "local_coherence_max": 3.0,
+    "local_coherence_max": 2.6,
     "local_shift_min": 0.004,
 }
 _BINS = 32
@@ -271,7 +271,8 @@ def _best_shift(score: Any, reach: int) -> tuple[float, float]:
 
     step = max(1, round(reach / 4))
     grid = range(-(reach // step) * step, reach + 1, step)
-    bx, by = max(((dx, dy) for dy in grid for dx in grid), key=lambda d: s(*d))
+    # ties go to the smaller shift: a cell without texture stays where the map put it
+    bx, by = max(((dx, dy) for dy in grid for dx in grid), key=lambda d: (s(*d), -(d[0] ** 2 + d[1] ** 2)))
     while True:  # halve the step around the best; at 1 px, climb until no neighbour is better
         step = max(1, step // 2)
         best = max(((bx + i * step, by + j * step) for j in (-2, -1, 0, 1, 2) for i in (-2, -1, 0, 1, 2)),
@@ -331,7 +332,6 @@ def local_consistency(fixed: np.ndarray, moving: np.ndarray, matrix: np.ndarray,
         return out
     warped = ndimage.gaussian_filter(np.where(inside, warped, np.median(warped[inside])), LOCAL_SMOOTH)
     f_smooth = ndimage.gaussian_filter(fixed, LOCAL_SMOOTH)
-    m_bins = _binned(warped, warped[inside], LOCAL_BINS)
     # pixels that stay inside the moving image at every shift searched
     steady = ndimage.minimum_filter(inside.astype(np.uint8), size=2 * reach + 1, mode="constant", cval=0)
     steady = steady[reach:reach + h, reach:reach + w] > 0
@@ -342,10 +342,16 @@ def local_consistency(fixed: np.ndarray, moving: np.ndarray, matrix: np.ndarray,
             continue
         values = f_smooth[cy, cx][ok]
         f_bins = _binned(values, values, LOCAL_BINS)
+        # the moving side binned by the range of the same pixels at no shift: identical images are
+        # then binned alike, and their NMI peaks at no shift (with ranges of different regions a
+        # tissue edge would prefer a shift)
+        slab = warped[cy.start:cy.stop + 2 * reach, cx.start:cx.stop + 2 * reach]
+        hc, wc = ok.shape
+        m_bins = _binned(slab, slab[reach:reach + hc, reach:reach + wc][ok], LOCAL_BINS)
 
-        def score(dx: int, dy: int, cy: slice = cy, cx: slice = cx, ok: np.ndarray = ok,
-                  f_bins: np.ndarray = f_bins) -> float:
-            window = m_bins[cy.start + reach + dy:cy.stop + reach + dy, cx.start + reach + dx:cx.stop + reach + dx]
+        def score(dx: int, dy: int, ok: np.ndarray = ok, f_bins: np.ndarray = f_bins,
+                  m_bins: np.ndarray = m_bins, hc: int = hc, wc: int = wc) -> float:
+            window = m_bins[reach + dy:reach + dy + hc, reach + dx:reach + dx + wc]
             return _nmi_bins(f_bins, window[ok], LOCAL_BINS)
 
         dx, dy = _best_shift(score, reach)
