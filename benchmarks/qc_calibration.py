@@ -26,6 +26,7 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -133,6 +134,10 @@ def deformable_row(stored: dict[str, Any], case: Any, outcome: dict[str, Any]) -
             **feats, "jacobian_min": (outcome.get("deformation") or {}).get("jacobian_min")}
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    return "None" if value is None else format(value, spec)
+
+
 def confusion(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Counts of flagged / not flagged per label."""
     table = {lab: {"flagged": 0, "not flagged": 0} for lab in ("good", "between", "bad")}
@@ -172,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"dice {r['dice'] if r['dice'] is None else round(r['dice'], 3)!s:6} "
                   f"nmi {r['nmi']:.3f} sharp {r['sharpness']:.3f} peak {r['peak_margin']:.3f} orient {r['orientation_margin']:.3f} aniso {r['anisotropy']:.2f} "
                   f"area {r['area_change'] if r['area_change'] is None else round(r['area_change'], 2)!s:6} "
+                  f"local {_fmt(r['local_shift'], '.4f')} coh {_fmt(r['local_coherence'], '.2f')} "
                   f"score {r['score']:.2f} {'FLAG' if r['flagged'] else ''}", flush=True)
     table = confusion(rows)
     d_rows = [r for r in rows if r["method"] == "drmime-d"]
@@ -184,13 +190,19 @@ def main(argv: list[str] | None = None) -> int:
                       ("bad", f"bad (> {BAD}x)")):
         print(f"| {name} | {table[lab]['flagged']} | {table[lab]['not flagged']} |")
     print("\nfeature ranges (min .. max):")
-    for feat in ("dice", "sharpness", "peak_margin", "orientation_margin", "nmi", "anisotropy", "area_change"):
-        for lab in ("good", "bad"):
+    for feat in ("dice", "sharpness", "peak_margin", "orientation_margin", "nmi", "anisotropy", "area_change",
+                 "local_shift", "local_coherence"):
+        for lab in ("good", "between", "bad"):
             vals = [r[feat] for r in rows if r["label"] == lab and r[feat] is not None]
             if vals:
-                print(f"  {feat:12} {lab:5} {min(vals):8.3f} .. {max(vals):8.3f}  (n={len(vals)})")
+                print(f"  {feat:12} {lab:7} {min(vals):8.3f} .. {max(vals):8.3f}  (n={len(vals)})")
     if args.json is not None:
-        args.json.write_text(json.dumps({"rows": rows, "confusion": table}, indent=1) + "\n", encoding="utf-8")
+        from drmime_batch.quality import THRESHOLDS
+
+        data = os.path.relpath(args.data, REPO)  # no machine path in the record
+        command = f"python benchmarks/qc_calibration.py --data {data} --cases {args.cases} --json"
+        args.json.write_text(json.dumps({"command": command, "thresholds": THRESHOLDS, "rows": rows,
+                                         "confusion": table}, indent=1) + "\n", encoding="utf-8")
     return 0
 
 

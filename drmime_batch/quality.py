@@ -23,13 +23,24 @@ bit and the ``reasons`` behind it, with the measured ``features``:
 ``anisotropy``, ``area_change``
     The linear part's singular-value ratio and determinant (shear and scale plausibility;
     ``area_change`` is relative to the ratio of tissue areas, so pixel sizes do not matter).
+``local_shift``, ``local_coherence``
+    Local consistency, at about :data:`LOCAL_SIZE` px (see :func:`local_consistency`): cells of
+    the fixed tissue each find the small shift of the map that suits them best, and an affine field
+    is fitted to those shifts. ``local_shift`` is the correction the cells agree on (RMS of that
+    field, fraction of the diagonal), ``local_coherence`` how far it stands above their scatter
+    (about 1 for the scatter of the tissue's own deformation). A map that aligned one piece of a
+    section (a lobe that moved between the cuts) and left the others off sits on a peak of the
+    global similarity, so the features above pass it; its cells agree on the correction it lacks.
+    Flagged when both exceed their thresholds (``local_shift`` alone is large on rough tissue);
+    not judged (None) with fewer than :data:`LOCAL_MIN_CELLS` cells (``local_cells``).
 ``gain``, ``jacobian_min``
     Recorded, not thresholded: the optimiser's similarity over its start (``init`` record) and the
     deformable stage's smallest Jacobian determinant (a fold when not positive: flagged).
 
 The thresholds (:data:`THRESHOLDS`) were chosen on the robustness benchmark (see
-``benchmarks/qc_calibration.py`` and ``benchmarks/RESULTS.md``). This module needs numpy and
-scipy only.
+``benchmarks/qc_calibration.py`` and ``benchmarks/RESULTS.md``). Callers hand in levels of at
+least :data:`LOCAL_SIZE` px where they have them (the other features are measured on a copy shrunk
+to :data:`QC_SIZE`). This module needs numpy and scipy only.
 """
 
 from __future__ import annotations
@@ -41,7 +52,7 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["QC_SIZE", "SHIFT", "THRESHOLDS", "QualityRecord", "assess"]
+__all__ = ["LOCAL_SIZE", "QC_SIZE", "SHIFT", "THRESHOLDS", "QualityRecord", "assess", "local_consistency"]
 
 #: Longer side (pixels) of the copies assessed: masks and histograms need no more.
 QC_SIZE = 256
@@ -56,6 +67,8 @@ THRESHOLDS: dict[str, float] = {
     "anisotropy_max": 1.5,
     "area_change_max": 4.0,
     "jacobian_min": 0.0,
+    "local_coherence_max": 2.6,
+    "local_shift_min": 0.004,
 }
 _BINS = 32
 #: The local moves and the orientations probed (see :func:`measure`).
@@ -63,6 +76,15 @@ LOCAL_SHIFTS = (0.01, 0.02)
 LOCAL_TURNS = (-5.0, -2.0, 2.0, 5.0)
 LOCAL_SCALES = (0.97, 1.03)
 ORIENTATION_STEP = 15
+#: Local consistency (``local_shift``, ``local_coherence``; see :func:`local_consistency`): the
+#: longer side (px) it is measured at, the cell side and the search reach (fractions of the
+#: diagonal), the smoothing (px at that size), the histogram bins and the fewest cells judged.
+LOCAL_SIZE = 512
+LOCAL_CELL = 0.18
+LOCAL_REACH = 0.03
+LOCAL_SMOOTH = 2.0
+LOCAL_BINS = 16
+LOCAL_MIN_CELLS = 6
 
 
 @dataclass(frozen=True)
@@ -201,7 +223,159 @@ def _orientations(centre: tuple[float, float]) -> list[np.ndarray]:
     return out
 
 
-def measure(fixed: Any, moving: Any, matrix: Any, *, size: int = QC_SIZE) -> dict[str, float | None]:
+def _cells(mask: np.ndarray, side: float) -> list[tuple[slice, slice]]:
+    """A grid of cells of about ``side`` px over the bounding box of ``mask``."""
+    yy, xx = np.nonzero(mask)
+    y0, y1, x0, x1 = int(yy.min()), int(yy.max()) + 1, int(xx.min()), int(xx.max()) + 1
+    ny, nx = max(1, round((y1 - y0) / side)), max(1, round((x1 - x0) / side))
+    ys, xs = np.linspace(y0, y1, ny + 1).astype(int), np.linspace(x0, x1, nx + 1).astype(int)
+    return [(slice(ys[i], ys[i + 1]), slice(xs[j], xs[j + 1])) for i in range(ny) for j in range(nx)]
+
+
+def _nmi_bins(a: np.ndarray, b: np.ndarray, bins: int) -> float:
+    """``2 MI / (H_a + H_b)`` of two arrays of bin indices in ``[0, bins)``."""
+    p = np.bincount(a * bins + b, minlength=bins * bins).astype(np.float64)
+    p /= p.sum()
+    pa, pb = p.reshape(bins, bins).sum(1), p.reshape(bins, bins).sum(0)
+
+    def entropy(q: np.ndarray) -> float:
+        q = q[q > 0]
+        return float(-(q * np.log(q)).sum())
+
+    ha, hb = entropy(pa), entropy(pb)
+    return 0.0 if ha + hb <= 0 else 2.0 * (ha + hb - entropy(p)) / (ha + hb)
+
+
+def _binned(a: np.ndarray, ref: np.ndarray, bins: int) -> np.ndarray:
+    """Bin indices of ``a`` by the 1-99 % range of ``ref``."""
+    lo, hi = np.percentile(ref, [1.0, 99.0]) if ref.size else (0.0, 1.0)
+    out: np.ndarray = np.clip(((a - lo) / max(hi - lo, 1e-12) * bins).astype(int), 0, bins - 1)
+    return out
+
+
+def _best_shift(score: Any, reach: int) -> tuple[float, float]:
+    """The shift ``(dx, dy)`` (integers within ``reach``, then sub-pixel) maximising ``score(dx, dy)``.
+
+    A grid of step ``reach / 4``, then around its best at half the step down to 1 px (where it
+    climbs until no neighbour within 2 px is better), then a parabola through the best's
+    neighbours on each axis.
+    """
+    cache: dict[tuple[int, int], float] = {}
+
+    def s(dx: int, dy: int) -> float:
+        if max(abs(dx), abs(dy)) > reach:
+            return -math.inf
+        if (dx, dy) not in cache:
+            cache[(dx, dy)] = float(score(dx, dy))
+        return cache[(dx, dy)]
+
+    step = max(1, round(reach / 4))
+    grid = range(-(reach // step) * step, reach + 1, step)
+    # ties go to the smaller shift: a cell without texture stays where the map put it
+    bx, by = max(((dx, dy) for dy in grid for dx in grid), key=lambda d: (s(*d), -(d[0] ** 2 + d[1] ** 2)))
+    while True:  # halve the step around the best; at 1 px, climb until no neighbour is better
+        step = max(1, step // 2)
+        best = max(((bx + i * step, by + j * step) for j in (-2, -1, 0, 1, 2) for i in (-2, -1, 0, 1, 2)),
+                   key=lambda d: s(*d))
+        if s(*best) > s(bx, by):
+            bx, by = best
+        elif step == 1:
+            break
+
+    def vertex(a: float, b: float, c: float) -> float:
+        den = a - 2.0 * b + c
+        return 0.0 if not (math.isfinite(a) and math.isfinite(c)) or den >= 0 else 0.5 * (a - c) / den
+
+    b0 = s(bx, by)
+    return bx + vertex(s(bx - 1, by), b0, s(bx + 1, by)), by + vertex(s(bx, by - 1), b0, s(bx, by + 1))
+
+
+def local_consistency(fixed: np.ndarray, moving: np.ndarray, matrix: np.ndarray,
+                      mask: np.ndarray) -> dict[str, float | None]:
+    """Whether parts of the tissue agree on a correction of the map (``local_shift``, ``local_coherence``).
+
+    The fixed tissue's bounding box is cut into cells of about :data:`LOCAL_CELL` of the diagonal
+    (cells under 30 % tissue are skipped); each cell finds the translation of the map (within
+    :data:`LOCAL_REACH` of the diagonal, sub-pixel) that maximises its own normalised MI with the
+    registered image (both smoothed by :data:`LOCAL_SMOOTH` px, :data:`LOCAL_BINS` bins). A least-squares
+    affine field (tissue-weighted) is fitted to those shifts: ``local_shift`` is its RMS (fraction of
+    the diagonal), the correction the cells agree on; ``local_coherence`` is that RMS over the RMS of
+    what the field leaves, scaled by the degrees of freedom (``sqrt((2n - 6) / 6)`` for ``n``
+    cells) so that shifts scattered at random score about 1. A correct map leaves the cells only the
+    scatter of the tissue's own deformation; a map that aligned one piece of the tissue (a lobe)
+    leaves the others a shift that an affine correction explains.
+
+    Parameters
+    ----------
+    fixed, moving : ndarray, shape (H, W)
+        Grey images (at about :data:`LOCAL_SIZE` px).
+    matrix : ndarray, shape (3, 3)
+        Fixed -> moving in their pixels.
+    mask : ndarray of bool, shape (H, W)
+        The fixed tissue.
+
+    Returns
+    -------
+    dict
+        ``local_shift``, ``local_coherence`` (None with fewer than :data:`LOCAL_MIN_CELLS` cells) and
+        ``local_cells``.
+    """
+    h, w = fixed.shape
+    diag = math.hypot(h, w)
+    out: dict[str, float | None] = {"local_shift": None, "local_coherence": None, "local_cells": 0.0}
+    if not mask.any():
+        return out
+    reach = max(1, math.ceil(LOCAL_REACH * diag))
+    pad = np.array([[1.0, 0.0, -reach], [0.0, 1.0, -reach], [0.0, 0.0, 1.0]])
+    warped, inside = _warp(moving, matrix @ pad, (h + 2 * reach, w + 2 * reach), order=1)
+    if not inside.any():
+        return out
+    warped = ndimage.gaussian_filter(np.where(inside, warped, np.median(warped[inside])), LOCAL_SMOOTH)
+    f_smooth = ndimage.gaussian_filter(fixed, LOCAL_SMOOTH)
+    # pixels that stay inside the moving image at every shift searched
+    steady = ndimage.minimum_filter(inside.astype(np.uint8), size=2 * reach + 1, mode="constant", cval=0)
+    steady = steady[reach:reach + h, reach:reach + w] > 0
+    rows = []
+    for cy, cx in _cells(mask, LOCAL_CELL * diag):
+        ok = steady[cy, cx]
+        if mask[cy, cx].mean() < 0.3 or ok.mean() < 0.5:
+            continue
+        values = f_smooth[cy, cx][ok]
+        f_bins = _binned(values, values, LOCAL_BINS)
+        # the moving side binned by the range of the same pixels at no shift: identical images are
+        # then binned alike, and their NMI peaks at no shift (with ranges of different regions a
+        # tissue edge would prefer a shift)
+        slab = warped[cy.start:cy.stop + 2 * reach, cx.start:cx.stop + 2 * reach]
+        hc, wc = ok.shape
+        m_bins = _binned(slab, slab[reach:reach + hc, reach:reach + wc][ok], LOCAL_BINS)
+
+        def score(dx: int, dy: int, ok: np.ndarray = ok, f_bins: np.ndarray = f_bins,
+                  m_bins: np.ndarray = m_bins, hc: int = hc, wc: int = wc) -> float:
+            window = m_bins[reach + dy:reach + dy + hc, reach + dx:reach + dx + wc]
+            return _nmi_bins(f_bins, window[ok], LOCAL_BINS)
+
+        dx, dy = _best_shift(score, reach)
+        rows.append((float((mask[cy, cx] & ok).sum()), (cx.start + cx.stop) / 2.0, (cy.start + cy.stop) / 2.0, dx, dy))
+    out["local_cells"] = float(len(rows))
+    if len(rows) < LOCAL_MIN_CELLS:
+        return out
+    a = np.asarray(rows) / np.array([1.0, diag, diag, diag, diag])
+    wt = a[:, 0] / a[:, 0].sum()
+    centred = a[:, 1:3] - wt @ a[:, 1:3]
+    design = np.column_stack([centred, np.ones(len(a))])
+    sw = np.sqrt(wt)[:, None]
+    coef = np.linalg.lstsq(design * sw, a[:, 3:5] * sw, rcond=None)[0]
+    fit = design @ coef
+    agreed = math.sqrt(float(wt @ (fit ** 2).sum(1)))
+    left = math.sqrt(float(wt @ ((a[:, 3:5] - fit) ** 2).sum(1)))
+    out["local_shift"] = agreed
+    # a residual under 0.05 % of the diagonal (a fraction of a pixel) is counted as that much
+    out["local_coherence"] = agreed / max(left, 5e-4) * math.sqrt((2 * len(a) - 6) / 6.0)
+    return out
+
+
+def measure(fixed: Any, moving: Any, matrix: Any, *, size: int = QC_SIZE,
+            local_size: int = LOCAL_SIZE) -> dict[str, float | None]:
     """The image features of a pair (``dice``, ``nmi``, ``sharpness``, ``anisotropy``, ``area_change``, ...).
 
     Parameters
@@ -211,11 +385,15 @@ def measure(fixed: Any, moving: Any, matrix: Any, *, size: int = QC_SIZE) -> dic
     matrix : array_like, shape (3, 3)
         Fixed -> moving in the pixels of the arrays given (``registered(p) = moving(M @ p)``).
     size : int
+    local_size : int
+        The size ``local_shift`` and ``local_coherence`` are measured at (see
+        :func:`local_consistency`; hand in images of at least this size for them to be as calibrated).
 
     Returns
     -------
     dict
-        Features; ``dice`` and ``area_change`` are None when a mask found no tissue.
+        Features; ``dice`` and ``area_change`` are None when a mask found no tissue, ``local_shift``
+        and ``local_coherence`` when the tissue holds too few cells.
     """
     from drmime_batch.core._mask import tissue_mask
 
@@ -258,6 +436,10 @@ def measure(fixed: Any, moving: Any, matrix: Any, *, size: int = QC_SIZE) -> dic
         m_area = m_mask.sum() * m_ds * m_ds
         ratio = det * f_area / m_area if m_area > 0 and det > 0 else math.inf
         features["area_change"] = float(max(ratio, 1.0 / ratio)) if ratio > 0 else math.inf
+    f_local, f_lds = _shrink(np.asarray(fixed), local_size)
+    m_local, m_lds = _shrink(np.asarray(moving), local_size)
+    features.update(local_consistency(_gray(f_local), _gray(m_local), _to_small(m, f_lds, m_lds),
+                                      tissue_mask(f_local)))
     return features
 
 
@@ -309,6 +491,13 @@ def judge(features: Mapping[str, float | None], *, init: Mapping[str, Any] | Non
         parts.append(_ramp(area, t["area_change_max"], 1.0))
         if not area <= t["area_change_max"]:
             reasons.append(f"implausible area change ({area:.2f}x the tissue-area ratio > {t['area_change_max']:.0f}x)")
+    coherence, agreed = feats.get("local_coherence"), feats.get("local_shift")
+    if coherence is not None and agreed is not None:
+        cmax = t["local_coherence_max"]
+        parts.append(1.0 if agreed < t["local_shift_min"] else _ramp(coherence, cmax, cmax - 1.0))
+        if coherence > cmax and agreed >= t["local_shift_min"]:
+            reasons.append(f"parts of the tissue agree on a correction of the map ({agreed:.1%} of the diagonal, "
+                           f"coherence {coherence:.1f} > {cmax:.1f}): one piece aligned, others off")
     jmin = (deformation or {}).get("jacobian_min")
     if jmin is not None and (deformation or {}).get("kept", True):
         feats["jacobian_min"] = float(jmin)

@@ -274,18 +274,21 @@ def _register(task: PairTask, worker: Any, base: dict[str, Any]) -> PairOutcome:
 def _quality(images: Sequence[Any], reg: Any, matrix: np.ndarray) -> dict[str, Any]:
     """The pair's quality record (:func:`drmime_batch.quality.assess` on small levels of both files).
 
-    ``images``: the opened fixed and moving images (empty when they could not be reopened).
+    ``images``: the opened fixed and moving images (empty when they could not be reopened). The
+    levels read are of at most :data:`~drmime_batch.quality.LOCAL_SIZE` px (the local-consistency
+    features are measured there; the others on a copy shrunk to ``QC_SIZE``).
     Never fatal: a record that cannot be computed is a flagged one, saying why.
     """
     from drmime_batch.core import matrix_to_level
-    from drmime_batch.quality import QC_SIZE, assess
+    from drmime_batch.quality import LOCAL_SIZE, QC_SIZE, assess
 
     result = reg.result
     try:
         if len(images) != 2:
             raise OSError("the images could not be reopened after the registration")
         fixed, moving = images
-        fl, ml = fixed.level_for(QC_SIZE), moving.level_for(QC_SIZE)
+        size = max(QC_SIZE, LOCAL_SIZE)
+        fl, ml = fixed.level_for(size), moving.level_for(size)
         small = matrix_to_level(matrix, fixed_downsample=fixed.downsamples[fl],
                                 moving_downsample=moving.downsamples[ml])
         record = assess(fixed.read_level(fl, scheduler=_SCHEDULER), moving.read_level(ml, scheduler=_SCHEDULER),

@@ -107,3 +107,58 @@ def test_overlay_stretches_a_faint_stain() -> None:
     picture = overlay(dark, registered)
     assert picture[20, 20].tolist() == [0, 0, 0]  # both have tissue there
     assert picture[35, 35].tolist() == [255, 255, 255] and picture[35, 1].tolist() == [255, 255, 255]
+
+
+def _two_pieces(shift_b: float = 0.0, shape: tuple[int, int] = (220, 170)) -> tuple[np.ndarray, np.ndarray]:
+    """Two separate textured pieces (lobes), one above the other; the lower one moved ``shift_b`` px right.
+
+    Returns the image and, for every tissue pixel of the unmoved layout, whether it is in the lower piece.
+    """
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    h, w = shape
+    texture = ndimage.gaussian_filter(rng.normal(0, 1, (h + 40, w + 40)), 2.0)
+    texture = 120 + 60 * texture / texture.std()
+    yy, xx = np.mgrid[:h, :w].astype(np.float64)
+    img = np.full(shape, 230.0) + rng.normal(0, 2, shape)
+
+    def piece(cy: float, dx: float) -> np.ndarray:
+        out: np.ndarray = ((xx - 0.5 * w - dx) / (0.38 * w)) ** 2 + ((yy - cy) / (0.2 * h)) ** 2 < 1.0
+        return out
+
+    for cy, dx in ((0.27 * h, 0.0), (0.73 * h, shift_b)):
+        moved = ndimage.map_coordinates(texture, [yy + 20, xx - dx + 20], order=1)  # the texture moves along
+        img[piece(cy, dx)] = moved[piece(cy, dx)]
+    return np.clip(img, 0, 255).astype(np.uint8), piece(0.73 * h, 0.0)
+
+
+def test_a_map_aligning_one_piece_is_flagged_by_local_consistency() -> None:
+    # between the sections the lower piece moved 2.5 % of the diagonal: no affine map aligns both,
+    # the best one (least squares over the tissue: a shear) is the correct registration
+    fixed, lower = _two_pieces()
+    d = 0.025 * np.hypot(*fixed.shape)
+    moving, _ = _two_pieces(d)
+    yy, xx = np.nonzero(fixed < 200)
+    design = np.column_stack([xx, yy, np.ones(len(xx))])
+    best = np.eye(3)
+    best[0] = np.linalg.lstsq(design, xx + d * lower[yy, xx], rcond=None)[0]
+    correct = assess(fixed, moving, best)
+    assert not correct.flagged, correct.reasons
+    assert correct.features["local_coherence"] < THRESHOLDS["local_coherence_max"] / 2
+    for one_piece in (np.eye(3), _shift(d, 0.0)):  # the upper piece aligned, or the lower one
+        q = assess(fixed, moving, one_piece)
+        feats = q.features
+        assert feats["local_coherence"] > THRESHOLDS["local_coherence_max"]
+        assert feats["local_shift"] > THRESHOLDS["local_shift_min"]
+        assert feats["peak_margin"] > THRESHOLDS["peak_margin_min"]  # on a peak: the other features pass it
+        assert q.flagged and len(q.reasons) == 1 and "parts of the tissue agree" in q.reasons[0]
+
+
+def test_local_consistency_needs_enough_cells() -> None:
+    img = _section()
+    feats = assess(img, img, np.eye(3)).features
+    assert feats["local_shift"] is not None and feats["local_shift"] < 1e-3
+    tiny = np.full((60, 60), 230, np.uint8)
+    tiny[25:35, 25:35] = 90  # one cell of tissue: not judged
+    assert assess(tiny, tiny, np.eye(3)).features["local_coherence"] is None
