@@ -106,7 +106,7 @@ def test_consensus_is_recorded_and_a_refused_fit_leaves_the_linear_result_unchan
     np.testing.assert_array_equal(still.matrix, plain.matrix)
 
 
-def test_only_tissue_mapped_inside_the_moving_image_counts(section_pair, monkeypatch):
+def test_only_tissue_mapped_inside_the_moving_image_counts(section_linear, monkeypatch):
     """Tissue that a shift sends past the moving image's edge has no evidence behind its
     displacement: it is left out of the fit, and the record says how much was."""
     from drmime_batch.core._consensus import inside_moving
@@ -115,7 +115,7 @@ def test_only_tissue_mapped_inside_the_moving_image_counts(section_pair, monkeyp
     shifted = inside_moving(lambda p: p + torch.tensor([0.5, 0.0], dtype=F64), pts, torch.eye(3, dtype=F64))
     assert bool(shifted[pts[:, 0] < 0.5].all()) and not bool(shifted[pts[:, 0] > 0.5].any())
 
-    fixed, moving = section_pair
+    fixed, moving, _ = section_linear
     w = fixed.shape[1]
     quick = {k: v for k, v in QUICK.items() if k != "deformable_iterations"} | {"consensus_iterations": 80}
     monkeypatch.setattr(_optimise, "CONSENSUS_MIN_MOVE_PX", 0.0)
