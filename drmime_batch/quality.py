@@ -161,17 +161,7 @@ def _nmi(fixed: np.ndarray, warped: np.ndarray, valid: np.ndarray) -> float:
     """``2 MI / (H_f + H_m)`` over ``valid`` pixels (0 with fewer than 64 of them)."""
     if valid.sum() < 64:
         return 0.0
-    a, b = _ranks(fixed[valid]), _ranks(warped[valid])
-    joint = np.bincount(a * _BINS + b, minlength=_BINS * _BINS).astype(np.float64)
-    p = joint / joint.sum()
-    pa, pb = p.reshape(_BINS, _BINS).sum(1), p.reshape(_BINS, _BINS).sum(0)
-
-    def entropy(q: np.ndarray) -> float:
-        q = q[q > 0]
-        return float(-(q * np.log(q)).sum())
-
-    ha, hb, hab = entropy(pa), entropy(pb), entropy(p)
-    return 0.0 if ha + hb <= 0 else max(0.0, 2.0 * (ha + hb - hab) / (ha + hb))
+    return max(0.0, _nmi_bins(_ranks(fixed[valid]), _ranks(warped[valid]), _BINS))
 
 
 def _shifted(matrix: np.ndarray, dx: float, dy: float) -> np.ndarray:
