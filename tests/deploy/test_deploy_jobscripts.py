@@ -249,8 +249,9 @@ def test_load_security_none_and_errors(tmp_path):
         ("slurm-4gpu-node.yaml", "slurm", 4),
     ],
 )
-def test_documented_examples_give_gpu_job_scripts(name, kind, gpus):
+def test_documented_examples_give_gpu_job_scripts(name, kind, gpus, tmp_path, monkeypatch):
     path = DEPLOY / "hpc" / name
+    monkeypatch.chdir(tmp_path)  # the examples' relative log-directory is created where the cluster is built
     script = job_script(kind, config_path=path)
     assert GPU_REQUEST[kind](gpus) in script
     assert "--resources GPU=1" in script
