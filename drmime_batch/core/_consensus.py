@@ -4,9 +4,11 @@ The linear stage maximises one similarity over the whole image, so when the sect
 moved apart a little between cuts (lobes, cores, torn edges) the most distinctive piece wins:
 the result aligns that piece and leaves the rest off by more than any affine map has to. A short,
 coarse deformable refinement with the same objective (4 grid cells by default) lets each region
-settle where it belongs; the transform of the requested family that is closest to that map in
-the least-squares sense over the fixed tissue then moves all the tissue consistently. The same idea as fitting an
-affine map to landmarks, with the deformation's dense displacements as the landmarks.
+settle where it belongs; the transform of the requested family that is closest to that map over
+the fixed tissue then moves all the tissue consistently. "Closest" is robust (Tukey's biweight
+after least squares): where a piece moved on its own, the transform follows the tissue that
+agrees. The same idea as fitting an affine map to landmarks, with the deformation's dense
+displacements as the landmarks.
 
 Only the tissue the deformation sends inside the moving image counts (:func:`inside_moving`):
 beyond its edge the similarity has nothing to compare, so the field there is whatever the
@@ -24,10 +26,14 @@ import torch
 
 from drmime_batch.core._bases import exp_transform
 
-__all__ = ["fit_transform_to_map", "inside_moving", "tissue_points"]
+__all__ = ["fit_transform_to_map", "inside_moving", "tissue_points", "tukey_weights"]
 
 #: Most points the least-squares fit uses (a regular subsample of the tissue pixels).
 MAX_POINTS = 16_384
+#: Rounds of Tukey reweighting after the least-squares fit (see :func:`fit_transform_to_map`).
+ROBUST_REWEIGHTS = 10
+#: Tukey's cut-off in robust standard deviations of the residuals (95 % efficiency when they are normal).
+TUKEY_C = 4.685
 
 
 def tissue_points(mask: torch.Tensor | None, shape: tuple[int, int], to_frame: torch.Tensor,
@@ -98,8 +104,14 @@ def fit_transform_to_map(
     theta: torch.Tensor,
     *,
     iterations: int = 50,
+    reweights: int = ROBUST_REWEIGHTS,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """The transform ``start @ exp(sum t_i B_i)`` closest to ``target`` over ``points``.
+    """The transform ``start @ exp(sum t_i B_i)`` closest to ``target`` over ``points``, robustly.
+
+    Least squares first, then ``reweights`` rounds of Tukey's biweight (iteratively reweighted
+    least squares, cut-off :data:`TUKEY_C` robust standard deviations of the residuals): a piece
+    of tissue that moved on its own between the cuts, or a corner where the coarse deformation is
+    only the smoothness term's guess, stops pulling the transform the rest of the tissue agrees on.
 
     Parameters
     ----------
@@ -112,7 +124,9 @@ def fit_transform_to_map(
     theta : Tensor, shape (K,)
         Where the fit starts (the linear stage's parameters).
     iterations : int
-        L-BFGS iterations (it converges in a few on a smooth quadratic-like loss).
+        L-BFGS iterations per fit (it converges in a few on a smooth quadratic-like loss).
+    reweights : int
+        Rounds of robust reweighting after the least-squares fit (0: plain least squares).
 
     Returns
     -------
@@ -137,22 +151,45 @@ def fit_transform_to_map(
     params = theta.detach().clone().requires_grad_(True)
     hom = torch.cat([points, torch.ones_like(points[:, :1])], 1)
 
-    def loss_of(p: torch.Tensor) -> torch.Tensor:
-        m = start @ exp_transform(p, bases)
-        h = hom @ m.T
-        return ((h[:, :2] / h[:, 2:3] - goal) ** 2).sum(1).mean()
+    def residuals(p: torch.Tensor) -> torch.Tensor:
+        h = hom @ (start @ exp_transform(p, bases)).T
+        return ((h[:, :2] / h[:, 2:3] - goal) ** 2).sum(1)
 
-    opt = torch.optim.LBFGS([params], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-12, tolerance_change=1e-14)
+    def minimise(weights: torch.Tensor) -> None:
+        opt = torch.optim.LBFGS([params], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe",
+                                tolerance_grad=1e-12, tolerance_change=1e-14)
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = loss_of(params)
-        loss.backward()
-        return loss
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = (weights * residuals(params)).sum() / weights.sum()
+            loss.backward()
+            return loss
 
-    opt.step(closure)
+        opt.step(closure)
+
+    minimise(torch.ones_like(goal[:, 0]))
+    for _ in range(reweights):
+        with torch.no_grad():
+            weights = tukey_weights(residuals(params).sqrt())
+        if not bool(weights.gt(0).any()):  # every residual 0: the fit is exact already
+            break
+        minimise(weights)
     with torch.no_grad():
         final = params.detach()
-        rms = float(loss_of(final).sqrt())
+        rms = float(residuals(final).mean().sqrt())
         return start @ exp_transform(final, bases), final, rms
+
+
+def tukey_weights(residuals: torch.Tensor, c: float | None = None) -> torch.Tensor:
+    """Tukey's biweight ``(1 - (r / (c s))^2)^2`` (0 beyond), ``s`` the residuals' robust scale.
+
+    ``s`` = 1.4826 × the median residual (the standard deviation for normal residuals);
+    ``c`` defaults to :data:`TUKEY_C` (95 % efficiency on normal residuals).
+
+    >>> w = tukey_weights(torch.tensor([0.0, 1.0, 1.0, 1.0, 100.0], dtype=torch.float64))
+    >>> [round(v, 3) for v in w.tolist()]
+    [1.0, 0.959, 0.959, 0.959, 0.0]
+    """
+    c = TUKEY_C if c is None else c
+    cut = c * 1.4826 * residuals.median() + torch.finfo(residuals.dtype).tiny
+    return (1 - (residuals / cut) ** 2).clamp(min=0) ** 2

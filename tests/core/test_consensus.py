@@ -1,4 +1,4 @@
-"""The consensus stage: the linear result replaced by the family's least-squares fit to a coarse
+"""The consensus stage: the linear result replaced by the family's robust fit to a coarse
 deformation over the fixed tissue, kept only when it keeps a quarter of the similarity gained."""
 
 from __future__ import annotations
@@ -50,19 +50,37 @@ def test_fit_recovers_a_map_of_its_family_and_stays_in_a_smaller_family():
     assert rms_rigid > 0.01  # the 8 % scale it cannot follow
 
 
-def test_fit_of_two_pieces_moving_apart_is_their_mean_motion():
-    """Left half shifted by +0.04, right half by -0.02 (frame units): the translation closest to
-    that map over equally many points of each half is their mean, +0.01."""
-    pts = _points(2000)
+def _pieces(split: float):
+    """Points left of ``split`` shifted by +0.04, the others by -0.02 (frame units)."""
 
     def pieces(p: torch.Tensor) -> torch.Tensor:
-        dx = torch.where(p[:, 0] < 0, torch.tensor(0.04, dtype=F64), torch.tensor(-0.02, dtype=F64))
+        dx = torch.where(p[:, 0] < split, torch.tensor(0.04, dtype=F64), torch.tensor(-0.02, dtype=F64))
         return p + torch.stack([dx, torch.zeros_like(dx)], 1)
 
-    m, _, _ = fit_transform_to_map(pieces, pts, torch.eye(3, dtype=F64), basis("translation", dtype=F64),
-                                   torch.zeros(2, dtype=F64))
+    return pieces
+
+
+def test_least_squares_fit_of_two_pieces_moving_apart_is_their_mean_motion():
+    """Without reweighting, the translation closest to two pieces' motions is their mean."""
+    pts = _points(2000)
+    m, _, _ = fit_transform_to_map(_pieces(0.0), pts, torch.eye(3, dtype=F64), basis("translation", dtype=F64),
+                                   torch.zeros(2, dtype=F64), reweights=0)
     share_left = float((pts[:, 0] < 0).double().mean())
     assert float(m[0, 2]) == pytest.approx(0.04 * share_left - 0.02 * (1 - share_left), abs=1e-9)
+
+
+def test_robust_fit_follows_the_tissue_that_agrees_not_a_piece_that_moved_on_its_own():
+    """Three quarters of the tissue moved by +0.04, a quarter by -0.02: least squares lands between
+    (+0.025), the default robust fit on the majority's motion; with two equal pieces it stays between."""
+    pts = _points(2000)
+    eye, trans, zero = torch.eye(3, dtype=F64), basis("translation", dtype=F64), torch.zeros(2, dtype=F64)
+    plain, _, _ = fit_transform_to_map(_pieces(0.5), pts, eye, trans, zero, reweights=0)
+    robust, _, rms = fit_transform_to_map(_pieces(0.5), pts, eye, trans, zero)
+    assert float(plain[0, 2]) == pytest.approx(0.025, abs=0.003)
+    assert float(robust[0, 2]) == pytest.approx(0.04, abs=1e-3) and abs(float(robust[1, 2])) < 1e-6
+    assert rms == pytest.approx(0.06 * 0.25**0.5, rel=0.1)  # the rms is over every point, the piece included
+    halves, _, _ = fit_transform_to_map(_pieces(0.0), pts, eye, trans, zero)
+    assert -0.01 < float(halves[0, 2]) < 0.03  # no majority: no piece wins outright
 
 
 def test_tissue_points_follow_the_mask_and_the_limit():
