@@ -110,7 +110,7 @@ def _run_batch(args: argparse.Namespace, *, queue_path: Path) -> int:
                 min_jobs=args.min_jobs,
                 max_jobs=args.max_jobs,
                 resources={"GPU": 1} if args.device == "cuda" else None,
-                # SLURM jobs' logs, unless the config says where: the watch quotes a dead job's
+                # SLURM/PBS/LSF jobs' logs, unless the config says where: the watch quotes a dead job's
                 log_directory=queue_path.resolve().parent / f"{queue_path.stem}-jobs",
             ) as client:
                 if not quiet:

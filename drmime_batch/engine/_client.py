@@ -100,7 +100,7 @@ def open_client(
     resources : dict, optional
         Resources each LocalCluster worker advertises (``{"GPU": 1}`` for ``--device cuda``).
     log_directory : str or Path, optional
-        SLURM jobs' stderr/stdout folder when the cluster config sets no ``log-directory``.
+        SLURM/PBS/LSF jobs' stderr/stdout folder when the cluster config sets no ``log-directory``.
 
     Yields
     ------

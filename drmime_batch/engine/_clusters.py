@@ -89,7 +89,7 @@ def make_cluster(
     min_jobs, max_jobs : int
         Adaptive bounds, in batch jobs (SLURM/PBS/LSF) or worker pods (Kubernetes).
     log_directory : path-like, optional
-        SLURM: where the jobs write their stderr/stdout when the configuration names no
+        SLURM/PBS/LSF: where the jobs write their stderr/stdout when the configuration names no
         ``log-directory`` (a job that dies before its worker connects is reported with the end
         of its error file).
 

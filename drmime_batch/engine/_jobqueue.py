@@ -293,18 +293,19 @@ def make_jobqueue_cluster(
     min_jobs, max_jobs : int
         Adaptive bounds, in batch jobs.
     log_directory : path-like, optional
-        SLURM: the folder of the jobs' ``.err``/``.out`` files when ``jobqueue.slurm.log-directory``
-        is not set (it must be readable from the compute nodes and here); the watch quotes the
-        error file of a job that died.
+        The folder of the jobs' error and output files when ``jobqueue.<kind>.log-directory`` is
+        not set (it must be readable from the compute nodes and here); the watch quotes the error
+        file of a job that died.
 
     Returns
     -------
     dask_jobqueue.JobQueueCluster
         Adapting between ``min_jobs`` and ``max_jobs`` jobs; the caller closes it by leaving its
-        context (``with``). Its jobs are watched: when a submission is refused, or (SLURM) a job
-        pends for a reason of :data:`SLURM_NEVER_STARTS` or ends (:data:`SLURM_ENDED`) before any
-        of its workers connected, the main thread is interrupted as by Ctrl-C and leaving the
-        context raises a :class:`ClusterConfigError` naming the cause.
+        context (``with``). Its jobs are watched: when a submission is refused, a job can never
+        start (SLURM: a reason of :data:`SLURM_NEVER_STARTS`; PBS Pro: "Can Never Run") or a job
+        ends before any of its workers connected (polling ``squeue``, ``qstat`` or ``bjobs``), the
+        main thread is interrupted as by Ctrl-C and leaving the context raises a
+        :class:`ClusterConfigError` naming the cause.
 
     Raises
     ------
@@ -318,8 +319,9 @@ def make_jobqueue_cluster(
     security = security_from_config(config, source)
     cfg = _jobqueue_section(kind, config, source)
     kwargs = _jobqueue_kwargs(kind, cfg, settings, source)
-    if kind == "slurm" and log_directory is not None and kwargs.get("log_directory") is None:
-        kwargs["log_directory"] = os.fspath(log_directory)  # SLURM's default: slurm-<id>.out in the cwd
+    if log_directory is not None and kwargs.get("log_directory") is None:
+        # the schedulers' defaults: SLURM slurm-<id>.out, PBS <name>.e<id> in the cwd; LSF mails them
+        kwargs["log_directory"] = os.fspath(log_directory)
     # cluster-level settings dask-jobqueue would otherwise read from the dask config
     kwargs["scheduler_options"] = dict(cfg.get("scheduler-options") or {})
     kwargs["shared_temp_directory"] = cfg.get("shared-temp-directory")
@@ -336,8 +338,7 @@ def make_jobqueue_cluster(
         except (TypeError, ValueError) as exc:
             raise ClusterConfigError(f"{source}: dask-jobqueue rejected the {kind} settings: {exc}") from exc
     cluster._drmime_watch = watch
-    if kind == "slurm":
-        watch.poll_slurm(cluster)
+    watch.poll(cluster, kind)
     logger.info(
         "%s cluster started (scheduler %s); adapting between %d and %d jobs of %d GPU(s)",
         kind, cluster.scheduler_address, min_jobs, max_jobs, settings.gpus_per_job,

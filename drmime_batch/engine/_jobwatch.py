@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import json
 import logging
 import re
 import shlex
@@ -32,6 +33,7 @@ import signal
 import subprocess
 import threading
 import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -183,14 +185,15 @@ class _JobWatch:
 
         cluster.sync(install)  # type: ignore[attr-defined]
 
-    # -------------------------------------------------------------------- SLURM
-    def poll_slurm(self, cluster: Cluster) -> None:
-        """Poll ``squeue`` for the cluster's jobs in a daemon thread until :meth:`stop`."""
+    # -------------------------------------------------------------------- polling the scheduler
+    def poll(self, cluster: Cluster, kind: str) -> None:
+        """Poll the scheduler of ``kind`` (:data:`_SCHEDULERS`) for the cluster's jobs in a daemon
+        thread until :meth:`stop`."""
         self.watch_workers(cluster)
-        threading.Thread(target=self._poll_slurm, args=(weakref.ref(cluster),), daemon=True,
-                         name="drmime-slurm-job-watch").start()
+        threading.Thread(target=self._poll, args=(weakref.ref(cluster), _SCHEDULERS[kind]), daemon=True,
+                         name=f"drmime-{kind}-job-watch").start()
 
-    def _poll_slurm(self, ref: weakref.ref[Any]) -> None:
+    def _poll(self, ref: weakref.ref[Any], scheduler: _Scheduler) -> None:
         from distributed.core import Status
 
         seen: dict[str, int] = {}
@@ -206,73 +209,29 @@ class _JobWatch:
                 continue
             finally:
                 del cluster
-            pending = _slurm_pending_reasons(list(jobs)) if jobs else {}
-            seen = {job: seen.get(job, 0) + 1 for job, why in pending.items() if why in SLURM_NEVER_STARTS}
+            statuses = scheduler.statuses(list(jobs)) if jobs else {}
+            seen = {job: seen.get(job, 0) + 1 for job, status in statuses.items() if status.never_starts}
             for job, count in seen.items():
                 if count >= _WATCH_CONFIRM:
-                    why = pending[job]
-                    self.fail(f"SLURM job {job} can never start: {why}, {SLURM_NEVER_STARTS[why]} "
-                              "(see jobqueue.slurm)")
+                    self.fail(f"{scheduler.name} job {job} can never start: {statuses[job].never_starts} "
+                              f"(see jobqueue.{scheduler.kind})")
                     return
-            # jobs not pending whose worker has not come: still starting, or over already
-            waiting = [j for j, job in jobs.items() if j not in pending and not self.ever_connected(job)]
-            states = _slurm_states(waiting) if waiting else None
-            over = [j for j, state in (states or {}).items() if state == "" or state in SLURM_ENDED]
+            # jobs over whose worker never came
+            over = [j for j, status in statuses.items() if status.ended and not self.ever_connected(jobs[j])]
             ended = {j: ended.get(j, 0) + 1 for j in over}
             for job_id, count in ended.items():
-                if self.ever_connected(jobs[job_id]):  # registered (or closed) while squeue ran
+                if self.ever_connected(jobs[job_id]):  # registered (or closed) while the command ran
                     continue
-                message = _died_message(job_id, jobs[job_id], states_seen=(states or {}).get(job_id, ""),
+                message = _died_message(scheduler, job_id, jobs[job_id], statuses[job_id],
                                         last_try=count > _WATCH_CONFIRM)
                 if message is not None and job_id not in self._warned and self.job_died(job_id, message):
                     return
 
 
-def _slurm_pending_reasons(job_ids: list[str]) -> dict[str, str]:
-    """``{job id: reason}`` of those of ``job_ids`` that are pending; ``{}`` when squeue fails."""
-    try:
-        res = subprocess.run(
-            ["squeue", "--noheader", "--states=PENDING", "--format=%i|%r", f"--jobs={','.join(job_ids)}"],
-            capture_output=True, text=True, timeout=30, check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    if res.returncode != 0:  # e.g. every job already gone ("Invalid job id specified")
-        return {}
-    reasons = {}
-    for line in res.stdout.splitlines():
-        job, _, why = line.strip().partition("|")
-        if job:
-            reasons[job] = why
-    return reasons
-
-
-def _slurm_states(job_ids: list[str]) -> dict[str, str] | None:
-    """``{job id: state}`` of ``job_ids`` (any state), ``""`` for a job squeue no longer knows.
-
-    None when squeue fails (no controller, no command): nothing can be said of the jobs then.
-    """
-    try:
-        res = subprocess.run(
-            ["squeue", "--noheader", "--states=all", "--format=%i|%T", f"--jobs={','.join(job_ids)}"],
-            capture_output=True, text=True, timeout=30, check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if res.returncode != 0:
-        # one unknown job id is an error, several are an empty list
-        return dict.fromkeys(job_ids, "") if "Invalid job id" in res.stderr else None
-    states = dict.fromkeys(job_ids, "")
-    for line in res.stdout.splitlines():
-        job, _, state = line.strip().partition("|")
-        if job in states:
-            states[job] = state.strip()
-    return states
-
-
+# ------------------------------------------------------------------------------ what the schedulers say
 @dataclass(frozen=True)
 class _JobEnd:
-    """What SLURM says of a job that is over (``scontrol show job``, else ``sacct``)."""
+    """What the scheduler says of a job that is over: its state, exit code and output files."""
 
     state: str
     exit_code: str | None = None
@@ -280,37 +239,67 @@ class _JobEnd:
     stdout: str | None = None
 
 
-def _slurm_job_end(job_id: str) -> _JobEnd | None:
-    """The state, exit code and output files of an ended job; None when neither command knows it."""
+@dataclass(frozen=True)
+class _JobStatus:
+    """One job as the scheduler lists it now.
 
-    def run(*cmd: str) -> str | None:
-        try:
-            res = subprocess.run(list(cmd), capture_output=True, text=True, timeout=30, check=False)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return res.stdout if res.returncode == 0 else None
+    ``state`` is the scheduler's own word (``""``: no longer listed); ``ended``: the job is over;
+    ``never_starts``: why a pending job can never start; ``end``: what the same command said of an
+    ended job (SLURM asks ``scontrol``/``sacct`` for it afterwards instead).
+    """
 
-    out = run("scontrol", "show", "job", "--oneliner", job_id)
-    if out:
-        fields = dict(re.findall(r"(?:^|\s)(\w+)=(\S*)", out))
-        if fields.get("JobState"):
-            return _JobEnd(fields["JobState"], fields.get("ExitCode"), fields.get("StdErr") or None,
-                           fields.get("StdOut") or None)
-    # the controller has forgotten it (MinJobAge): the accounting database may still know
-    out = run("sacct", "--noheader", "--parsable2", "--allocations", "--format=State,ExitCode",
-              f"--jobs={job_id}")
-    for line in (out or "").splitlines():
-        state, _, code = line.strip().partition("|")
-        if state:
-            return _JobEnd(state.split()[0], code or None)  # "CANCELLED by 0" -> "CANCELLED"
-    return None
+    state: str
+    ended: bool = False
+    never_starts: str | None = None
+    end: _JobEnd | None = None
+
+
+@dataclass(frozen=True)
+class _Scheduler:
+    """How the watch asks one batch scheduler about its jobs."""
+
+    name: str  # in the messages: "SLURM job 42 ..."
+    kind: str  # the configuration's jobqueue section
+    lister: str  # the command that lists the jobs: "no longer in squeue"
+    statuses: Callable[[list[str]], dict[str, _JobStatus]]  # {} when the command fails
+    job_end: Callable[[str, _JobStatus], _JobEnd | None]
+    log_files: Callable[[str, Any, _JobEnd | None], list[Path]]  # stderr first
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess[str] | None:
+    """``cmd``'s result, None when it cannot run (not installed, hung)."""
+    try:
+        return subprocess.run(list(cmd), capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _died_message(scheduler: _Scheduler, job_id: str, job: Any, status: _JobStatus, *, last_try: bool) -> str | None:
+    """The one line naming a job that ended with no worker connected: its state, exit code and
+    the tail of its error (else output) file. None to wait one more poll for a file still empty."""
+    end = scheduler.job_end(job_id, status)
+    if end is not None:
+        what = f"{end.state}, {_exit_text(end.exit_code)}"
+    else:
+        what = f"{status.state}, exit code unknown" if status.state else f"no longer in {scheduler.lister}, exit code unknown"
+    head = f"{scheduler.name} job {job_id} ended before its worker connected ({what})"
+    files = scheduler.log_files(job_id, job, end)
+    for path in files:
+        tail = _log_tail(path)
+        if tail:
+            return f"{head}; {path} ends: {tail}"
+    if not last_try and files:
+        return None  # written on the compute node: a shared file system may show it a little later
+    where = (f"nothing readable in {' or '.join(map(str, files))}" if files
+             else f"its output file is not known (set jobqueue.{scheduler.kind}.log-directory)")
+    return f"{head}; {where}"
 
 
 def _exit_text(code: str | None) -> str:
-    """``"127:0"`` -> ``"exit code 127"``; ``"0:9"`` -> ``"signal 9"``.
+    """``"127:0"`` -> ``"exit code 127"``; ``"0:9"`` -> ``"signal 9"``; ``"1"`` -> ``"exit code 1"``.
 
-    >>> _exit_text("127:0"), _exit_text("0:9"), _exit_text(None)
-    ('exit code 127', 'signal 9', 'exit code unknown')
+    >>> _exit_text("127:0"), _exit_text("0:9"), _exit_text("1"), _exit_text(None)
+    ('exit code 127', 'signal 9', 'exit code 1', 'exit code unknown')
     """
     if not code:
         return "exit code unknown"
@@ -339,6 +328,82 @@ def _log_tail(path: Path) -> str | None:
     return tail if len(tail) <= _TAIL_CHARS else "..." + tail[-_TAIL_CHARS:]
 
 
+def _log_directory_files(job: Any, stem: str) -> list[Path]:
+    """``<log-directory>/<stem>.err`` and ``.out``, dask-jobqueue's own paths; [] without a folder."""
+    folder = getattr(job, "log_directory", None)
+    return [] if folder is None else [Path(folder) / f"{stem}.err", Path(folder) / f"{stem}.out"]
+
+
+# ------------------------------------------------------------------------------ SLURM
+def _slurm_statuses(job_ids: list[str]) -> dict[str, _JobStatus]:
+    """``squeue``: the pending jobs (with a reason of :data:`SLURM_NEVER_STARTS` or not), then
+    the others' states (``""``: squeue no longer knows the job)."""
+    pending = _slurm_pending_reasons(job_ids)
+    statuses = {j: _JobStatus("PENDING", never_starts=f"{why}, {SLURM_NEVER_STARTS[why]}"
+                              if why in SLURM_NEVER_STARTS else None)
+                for j, why in pending.items()}
+    rest = [j for j in job_ids if j not in pending]
+    for job, state in ((_slurm_states(rest) if rest else None) or {}).items():
+        statuses[job] = _JobStatus(state, ended=state == "" or state in SLURM_ENDED)
+    return statuses
+
+
+def _slurm_pending_reasons(job_ids: list[str]) -> dict[str, str]:
+    """``{job id: reason}`` of those of ``job_ids`` that are pending; ``{}`` when squeue fails."""
+    res = _run("squeue", "--noheader", "--states=PENDING", "--format=%i|%r", f"--jobs={','.join(job_ids)}")
+    if res is None or res.returncode != 0:  # e.g. every job already gone ("Invalid job id specified")
+        return {}
+    reasons = {}
+    for line in res.stdout.splitlines():
+        job, _, why = line.strip().partition("|")
+        if job:
+            reasons[job] = why
+    return reasons
+
+
+def _slurm_states(job_ids: list[str]) -> dict[str, str] | None:
+    """``{job id: state}`` of ``job_ids`` (any state), ``""`` for a job squeue no longer knows.
+
+    None when squeue fails (no controller, no command): nothing can be said of the jobs then.
+    """
+    res = _run("squeue", "--noheader", "--states=all", "--format=%i|%T", f"--jobs={','.join(job_ids)}")
+    if res is None:
+        return None
+    if res.returncode != 0:
+        # one unknown job id is an error, several are an empty list
+        return dict.fromkeys(job_ids, "") if "Invalid job id" in res.stderr else None
+    states = dict.fromkeys(job_ids, "")
+    for line in res.stdout.splitlines():
+        job, _, state = line.strip().partition("|")
+        if job in states:
+            states[job] = state.strip()
+    return states
+
+
+def _slurm_job_end(job_id: str, status: _JobStatus | None = None) -> _JobEnd | None:
+    """The state, exit code and output files of an ended job (``scontrol show job``, else
+    ``sacct``); None when neither command knows it."""
+
+    def run(*cmd: str) -> str | None:
+        res = _run(*cmd)
+        return res.stdout if res is not None and res.returncode == 0 else None
+
+    out = run("scontrol", "show", "job", "--oneliner", job_id)
+    if out:
+        fields = dict(re.findall(r"(?:^|\s)(\w+)=(\S*)", out))
+        if fields.get("JobState"):
+            return _JobEnd(fields["JobState"], fields.get("ExitCode"), fields.get("StdErr") or None,
+                           fields.get("StdOut") or None)
+    # the controller has forgotten it (MinJobAge): the accounting database may still know
+    out = run("sacct", "--noheader", "--parsable2", "--allocations", "--format=State,ExitCode",
+              f"--jobs={job_id}")
+    for line in (out or "").splitlines():
+        state, _, code = line.strip().partition("|")
+        if state:
+            return _JobEnd(state.split()[0], code or None)  # "CANCELLED by 0" -> "CANCELLED"
+    return None
+
+
 def _slurm_filename(pattern: str, job_id: str, job_name: str | None) -> str:
     """An ``-e``/``-o`` file name pattern as SLURM expands it for a batch job (``scontrol`` may
     show it unexpanded): ``%j``/``%J``/``%A`` the job id, ``%x`` its name, ``%u`` the user.
@@ -362,37 +427,162 @@ def _slurm_filename(pattern: str, job_id: str, job_name: str | None) -> str:
     return re.sub(r"%(.)", one, pattern)
 
 
-def _job_log_files(job_id: str, job: Any, end: _JobEnd | None) -> list[Path]:
+def _slurm_log_files(job_id: str, job: Any, end: _JobEnd | None) -> list[Path]:
     """Where the job's stderr and stdout are: what SLURM says, else dask-jobqueue's ``-e``/``-o``
     paths (``<log-directory>/<job name>-<id>.err``/``.out``)."""
     if end is not None and (end.stderr or end.stdout):
         name = getattr(job, "job_name", None)
         return list(dict.fromkeys(Path(_slurm_filename(p, job_id, name)) for p in (end.stderr, end.stdout) if p))
-    folder = getattr(job, "log_directory", None)
-    if folder is None:
-        return []
-    stem = f"{getattr(job, 'job_name', None) or 'worker'}-{job_id}"
-    return [Path(folder) / f"{stem}.err", Path(folder) / f"{stem}.out"]
+    return _log_directory_files(job, f"{getattr(job, 'job_name', None) or 'worker'}-{job_id}")
 
 
-def _died_message(job_id: str, job: Any, *, states_seen: str, last_try: bool) -> str | None:
-    """The one line naming a job that ended with no worker connected: its state, exit code and
-    the tail of its error (else output) file. None to wait one more poll for a file still empty."""
-    end = _slurm_job_end(job_id)
-    if end is not None:
-        what = f"{end.state}, {_exit_text(end.exit_code)}"
-    else:
-        what = f"{states_seen}, exit code unknown" if states_seen else "no longer in squeue, exit code unknown"
-    files = _job_log_files(job_id, job, end)
-    for path in files:
-        tail = _log_tail(path)
-        if tail:
-            return f"SLURM job {job_id} ended before its worker connected ({what}); {path} ends: {tail}"
-    if not last_try and files:
-        return None  # written on the compute node: a shared file system may show it a little later
-    where = (f"nothing readable in {' or '.join(map(str, files))}" if files
-             else "its output file is not known (set jobqueue.slurm.log-directory)")
-    return f"SLURM job {job_id} ended before its worker connected ({what}); {where}"
+# ------------------------------------------------------------------------------ PBS
+def _pbs_statuses(job_ids: list[str]) -> dict[str, _JobStatus]:
+    """``qstat -x -f -F json`` (PBS Pro / OpenPBS 19 and later: finished jobs included), else
+    plain ``qstat -f`` (Torque, older PBS); ``{}`` when neither answers."""
+    res = _run("qstat", "-x", "-f", "-F", "json", *job_ids)
+    jobs: dict[str, dict[str, Any]] | None = None
+    if res is not None and res.stdout.strip().startswith("{"):
+        with contextlib.suppress(ValueError):
+            jobs = {str(k): v for k, v in (json.loads(res.stdout).get("Jobs") or {}).items() if isinstance(v, dict)}
+    if jobs is None:
+        res = _run("qstat", "-f", *job_ids)
+        if res is None:
+            return {}
+        jobs = _pbs_parse_full(res.stdout)
+    gone = res is not None and (res.returncode == 0 or "Unknown Job Id" in res.stderr)
+    by_number = {key.split(".")[0]: attrs for key, attrs in jobs.items()}  # "42.server": qsub said "42..."
+    statuses = {}
+    for job_id in job_ids:
+        attrs = jobs.get(job_id) or by_number.get(job_id.split(".")[0])
+        if attrs is not None:
+            statuses[job_id] = _pbs_status(attrs)
+        elif res is not None and re.search(rf"\b{re.escape(job_id)}\S* Job has finished", res.stderr):
+            statuses[job_id] = _JobStatus("F", ended=True, end=_JobEnd("F"))  # PBS Pro without -x
+        elif gone:  # purged from the history, or from Torque's completed jobs
+            statuses[job_id] = _JobStatus("", ended=True)
+    return statuses
+
+
+def _pbs_parse_full(text: str) -> dict[str, dict[str, Any]]:
+    """``qstat -f``'s text: ``{job id: {attribute: value}}`` (a long value goes on, after a
+    newline, on lines that start with a tab).
+
+    >>> _pbs_parse_full("Job Id: 7.srv\\n    Job_Name = w\\n    comment = Not Running: a\\n\\tnd b\\n    exit_status = 1\\n")
+    {'7.srv': {'Job_Name': 'w', 'comment': 'Not Running: and b', 'exit_status': '1'}}
+    """
+    jobs: dict[str, dict[str, Any]] = {}
+    attrs: dict[str, Any] = {}
+    key = ""
+    for line in text.splitlines():
+        if line.startswith("Job Id:"):
+            attrs = jobs.setdefault(line.partition(":")[2].strip(), {})
+        elif line.startswith("\t") and key:
+            attrs[key] += line.strip()
+        elif " = " in line:
+            key, _, value = line.strip().partition(" = ")
+            attrs[key] = value
+    return jobs
+
+
+#: ``job_state`` of a job that is over: F finished (PBS Pro, ``qstat -x``), C completed (Torque),
+#: X a finished subjob
+_PBS_ENDED = frozenset({"F", "C", "X"})
+#: PBS Pro's scheduler starts the ``comment`` of a job that can never run as submitted with this
+#: (e.g. "Can Never Run: Insufficient amount of resource: ngpus (R: 8 A: 4 T: 4)"); its other
+#: comments ("Not Running: ...") name a passing reason
+_PBS_NEVER_RUNS = "Can Never Run"
+
+
+def _pbs_status(attrs: Mapping[str, Any]) -> _JobStatus:
+    state = str(attrs.get("job_state", ""))
+    comment = str(attrs.get("comment", ""))
+    if state in _PBS_ENDED:
+        code = attrs.get("Exit_status", attrs.get("exit_status"))  # PBS Pro, Torque
+        files = [_pbs_path(attrs.get(k)) for k in ("Error_Path", "Output_Path")]
+        return _JobStatus(state, ended=True, end=_JobEnd(state, None if code is None else str(code), *files))
+    never = None
+    if state == "Q" and comment.startswith(_PBS_NEVER_RUNS):
+        never = comment[len(_PBS_NEVER_RUNS):].lstrip(": ") or comment
+    return _JobStatus(state, never_starts=never)
+
+
+def _pbs_path(value: Any) -> str | None:
+    """``Error_Path``/``Output_Path`` without the host: ``"node1:/x/w.e42"`` -> ``"/x/w.e42"``."""
+    return str(value).split(":", 1)[-1] or None if value else None
+
+
+def _pbs_log_files(job_id: str, job: Any, end: _JobEnd | None) -> list[Path]:
+    """Where the job's stderr and stdout are: ``Error_Path``/``Output_Path``, else (or when those
+    name a folder, as dask-jobqueue's ``-e <log-directory>/`` does) the files PBS puts in it:
+    ``<job id>.ER``/``.OU`` (PBS Pro), ``<job name>.e<number>``/``.o<number>`` (Torque)."""
+    paths = [p for p in (end.stderr, end.stdout) if p] if end is not None else []
+    if paths and not any(p.endswith("/") or Path(p).is_dir() for p in paths):
+        return list(dict.fromkeys(map(Path, paths)))
+    folders = list(dict.fromkeys(map(Path, paths))) or [Path(f) for f in [getattr(job, "log_directory", None)] if f]
+    name, number = getattr(job, "job_name", None) or "STDIN", job_id.split(".")[0]
+    found = [p for pattern in (f"{number}.*ER", f"{name}.e{number}", f"{number}.*OU", f"{name}.o{number}")
+             for folder in folders for p in sorted(folder.glob(pattern))]
+    return found or [folder / f for folder in folders for f in (f"{number}.*ER", f"{name}.e{number}")]
+
+
+# ------------------------------------------------------------------------------ LSF
+#: ``bjobs -o`` fields asked for
+_LSF_FIELDS = ("jobid", "stat", "exit_code", "error_file", "output_file")
+#: LSF's states (``bjobs``' STAT) of a job that is over
+_LSF_ENDED = frozenset({"DONE", "EXIT"})
+
+
+def _lsf_statuses(job_ids: list[str]) -> dict[str, _JobStatus]:
+    """``bjobs -a -o ... -json`` (LSF 10.1), else the same fields as text; ``{}`` when bjobs
+    fails. LSF's pending reasons describe its last dispatch turn: none is taken as final."""
+    res = _run("bjobs", "-a", "-o", " ".join(_LSF_FIELDS), "-json", *job_ids)
+    records: list[dict[str, Any]] | None = None
+    if res is not None and "{" in res.stdout:  # after any "Cannot connect to LSF. Please wait ..." line
+        with contextlib.suppress(ValueError, AttributeError):
+            found = json.loads(res.stdout[res.stdout.index("{"):]).get("RECORDS")
+            records = [r for r in found or [] if isinstance(r, dict)]
+    if records is None:  # no -json: one line a job, the fields split by "|"
+        res = _run("bjobs", "-a", "-noheader", "-o", f"{' '.join(_LSF_FIELDS)} delimiter='|'", *job_ids)
+        if res is None or (res.returncode != 0 and "is not found" not in res.stdout + res.stderr):
+            return {}
+        records = [dict(zip((f.upper() for f in _LSF_FIELDS), line.split("|"), strict=False))
+                   for line in res.stdout.splitlines() if "|" in line]
+    found = {str(r.get("JOBID", "")).strip(): r for r in records if r.get("STAT")}
+    statuses = {}
+    for job_id in job_ids:
+        record = found.get(job_id)
+        if record is None:  # finished longer ago than CLEAN_PERIOD, or "Job <id> is not found"
+            statuses[job_id] = _JobStatus("", ended=True)
+            continue
+        state = str(record["STAT"]).strip()
+        code = _lsf_field(record, "EXIT_CODE") or ("0" if state == "DONE" else None)
+        files = [_lsf_field(record, k) for k in ("ERROR_FILE", "OUTPUT_FILE")]
+        statuses[job_id] = _JobStatus(state, ended=state in _LSF_ENDED, end=_JobEnd(state, code, *files))
+    return statuses
+
+
+def _lsf_field(record: Mapping[str, Any], key: str) -> str | None:
+    """A field of a bjobs record; None when empty (``""`` in JSON, ``-`` in text)."""
+    value = str(record.get(key) or "").strip()
+    return None if value in ("", "-") else value
+
+
+def _lsf_log_files(job_id: str, job: Any, end: _JobEnd | None) -> list[Path]:
+    """Where the job's stderr and stdout are: what bjobs says (``%J`` the job id), else
+    dask-jobqueue's ``-e``/``-o`` (``<log-directory>/<worker name>-<id>.err``/``.out``)."""
+    paths = [p.replace("%J", job_id).replace("%I", "0") for p in (end.stderr, end.stdout) if p] if end else []
+    if paths:
+        return list(dict.fromkeys(Path(p) for p in paths))
+    return _log_directory_files(job, f"{getattr(job, 'name', None) or 'worker'}-{job_id}")
+
+
+#: the schedulers the watch can poll, by the configuration's kind
+_SCHEDULERS: dict[str, _Scheduler] = {
+    "slurm": _Scheduler("SLURM", "slurm", "squeue", _slurm_statuses, _slurm_job_end, _slurm_log_files),
+    "pbs": _Scheduler("PBS", "pbs", "qstat", _pbs_statuses, lambda _, status: status.end, _pbs_log_files),
+    "lsf": _Scheduler("LSF", "lsf", "bjobs", _lsf_statuses, lambda _, status: status.end, _lsf_log_files),
+}
 
 
 # ------------------------------------------------------------------------------ refused submissions
