@@ -304,3 +304,260 @@ def test_a_dead_job_beside_connected_workers_is_warned_of_once_and_the_batch_goe
     watch.worker_left("job-a")  # the last worker gone: the next dead job stops the batch
     assert watch.job_died("18", "SLURM job 18 ended before its worker connected (FAILED, exit code 1)") is True
     assert watch.reason is not None and "job 18" in watch.reason and len(interrupts) == 1
+
+
+# ------------------------------------------------------------------------------------ PBS
+PBS_JOBS = CPU_JOBS.replace("slurm:", "pbs:")
+#: what ``qstat -x -f -F json`` prints of a job (PBS Pro / OpenPBS 19+), cut to the attributes the
+#: watch reads and a few around them
+PBS_JSON_JOB = {
+    "Job_Name": "dask-worker", "Job_Owner": "me@login1", "job_state": "F", "queue": "workq",
+    "server": "pbs", "Error_Path": "login1:{err}", "exec_host": "node7/0", "Join_Path": "n",
+    "Keep_Files": "n", "Output_Path": "login1:{out}", "Rerunable": "True",
+    "comment": "Job run at Wed Mar 17 at 20:36 on (node7:ncpus=1) and finished", "run_count": 1,
+    "Exit_status": 127, "project": "_pbs_project_default",
+}
+
+
+def _qstat_json(jobs: dict[str, dict[str, object]]) -> str:
+    import json
+
+    return json.dumps({"timestamp": 1616013438, "pbs_version": "19.0.0", "pbs_server": "pbs", "Jobs": jobs},
+                      indent=4)
+
+
+def _heredoc(text: str) -> str:
+    """Shell lines that print ``text`` as it is."""
+    return f"cat <<'__END__'\n{text}\n__END__\n"
+
+
+#: a stand-in qsub that "runs" the job at once: it writes what bash says of a python that does not
+#: exist into the script's ``#PBS -e`` folder, under the name PBS gives it there
+QSUB_JOB_DIES = """\
+    err=$(sed -n 's/^#PBS -e //p' "$1")
+    echo "$@" >> {folder}/qsub.args
+    printf 'starting\\n%s: line 12: /no/such/python: No such file or directory\\n' "$1" > "${{err}}{name}"
+    echo "{job_id}"
+    """
+
+
+def _run_pbs(queue: Path, config: Path) -> list[object]:
+    return ["run", "--queue", queue, "--cluster", "pbs", "--cluster-config", config, "--no-warp", "--quiet"]
+
+
+def test_pbs_job_that_dies_at_once_is_named_with_its_exit_status_and_error_file(tmp_path, queue):
+    """PBS Pro: ``qstat -x -F json`` lists the finished job with its Exit_status and Error_Path."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    logs = tmp_path / "logs"
+    err = logs / "4343.pbs.ER"
+    _tool(bin_dir, "qsub", QSUB_JOB_DIES.format(folder=tmp_path, name="4343.pbs.ER", job_id="4343.pbs"))
+    job = {k: v.format(err=err, out=logs / "4343.pbs.OU") if isinstance(v, str) else v
+           for k, v in PBS_JSON_JOB.items()}
+    _tool(bin_dir, "qstat", f'echo "$@" >> {tmp_path}/qstat.args\n' + _heredoc(_qstat_json({"4343.pbs": job})))
+    _tool(bin_dir, "qdel", f'echo "$@" >> {tmp_path}/qdel.args\n')
+    config = _config(tmp_path, PBS_JOBS.replace("cores: 1", f"cores: 1\n    log-directory: {logs}"))
+    line = _one_error_line(_cli(*_run_pbs(queue, config), cwd=tmp_path, path_prefix=bin_dir))
+    script = (tmp_path / "qsub.args").read_text().split()[-1]
+    assert line == (f"drmime-batch run: error: {config}: PBS job 4343 ended before its worker connected "
+                    f"(F, exit code 127); {err} ends: starting | {script}: line 12: /no/such/python: "
+                    "No such file or directory")
+    assert "-x -f -F json 4343" in (tmp_path / "qstat.args").read_text()
+    assert _pending(queue) == {"pending"}
+
+
+def test_torque_job_no_longer_listed_is_found_through_the_default_log_folder(tmp_path, queue):
+    """Torque: no ``-F json`` (plain ``qstat -f``), and a job purged from its completed jobs is
+    unknown; its error file is ``<job name>.e<number>`` in ``run``'s log folder beside the queue."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _tool(bin_dir, "qsub", QSUB_JOB_DIES.format(folder=tmp_path, name="dask-worker.e4343", job_id="4343.torque"))
+    _tool(bin_dir, "qstat", f"""\
+        echo "$@" >> {tmp_path}/qstat.args
+        case "$*" in
+            *-F*) echo "qstat: invalid option -- 'F'" >&2; exit 2;;
+            *) echo "qstat: Unknown Job Id Error 4343.torque" >&2; exit 153;;
+        esac
+        """)
+    _tool(bin_dir, "qdel", "true\n")
+    config = _config(tmp_path, PBS_JOBS)
+    line = _one_error_line(_cli(*_run_pbs(queue, config), cwd=tmp_path, path_prefix=bin_dir))
+    err = queue.parent / "batch-jobs" / "dask-worker.e4343"
+    assert line.startswith(f"drmime-batch run: error: {config}: PBS job 4343 ended before its worker connected "
+                           f"(no longer in qstat, exit code unknown); {err} ends: starting | "), line
+    assert line.endswith("/no/such/python: No such file or directory"), line
+    assert "-f 4343" in (tmp_path / "qstat.args").read_text().splitlines()
+    assert _pending(queue) == {"pending"}
+
+
+def test_pbs_job_that_can_never_run_stops_the_run_and_is_deleted(tmp_path, queue):
+    """PBS Pro's scheduler comments a job that can never run as submitted "Can Never Run: ..."."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _tool(bin_dir, "qsub", 'echo "4242.pbs"\n')
+    job = {"Job_Name": "dask-worker", "job_state": "Q", "queue": "workq",
+           "comment": "Can Never Run: Insufficient amount of resource: host (node42)"}
+    _tool(bin_dir, "qstat", _heredoc(_qstat_json({"4242.pbs": job})))
+    _tool(bin_dir, "qdel", f'echo "$@" >> {tmp_path}/qdel.args\n')
+    config = _config(tmp_path, PBS_JOBS)
+    line = _one_error_line(_cli(*_run_pbs(queue, config), cwd=tmp_path, path_prefix=bin_dir))
+    assert line == (f"drmime-batch run: error: {config}: PBS job 4242 can never start: Insufficient amount of "
+                    "resource: host (node42) (see jobqueue.pbs)")
+    assert "4242" in (tmp_path / "qdel.args").read_text().split()  # deleted on the way out
+    assert _pending(queue) == {"pending"}
+
+
+def _on_path(monkeypatch: pytest.MonkeyPatch, bin_dir: Path) -> None:
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+def test_pbs_jobs_waiting_or_running_are_left_alone(tmp_path, monkeypatch):
+    from drmime_batch.engine._jobwatch import _pbs_statuses
+
+    jobs = {
+        "11.pbs": {"job_state": "Q", "comment": "Not Running: Insufficient amount of resource: ncpus "
+                                                "(R: 8 A: 4 T: 16)"},  # busy: it will start
+        "12.pbs": {"job_state": "H", "comment": "Can Never Run: held"},  # held jobs may be released
+        "13.pbs": {"job_state": "R", "comment": "Job run at Wed Mar 17 at 20:36 on (node7:ncpus=1)"},
+        "14.pbs": {"job_state": "E", "Exit_status": 0},  # exiting: not over yet
+    }
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _tool(bin_dir, "qstat", _heredoc(_qstat_json(jobs)))
+    _on_path(monkeypatch, bin_dir)
+    statuses = _pbs_statuses(["11", "12", "13", "14"])
+    assert {j: (s.state, s.ended, s.never_starts) for j, s in statuses.items()} == {
+        "11": ("Q", False, None), "12": ("H", False, None), "13": ("R", False, None), "14": ("E", False, None)}
+
+
+def test_torque_qstat_text_of_a_completed_job(tmp_path, monkeypatch):
+    from drmime_batch.engine._jobwatch import _pbs_statuses
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _tool(bin_dir, "qstat", """\
+        case "$*" in *-F*) echo "qstat: invalid option -- 'F'" >&2; exit 2;; esac
+        cat <<'__END__'
+        Job Id: 4343.torque
+            Job_Name = dask-worker
+            Job_Owner = me@login1
+            job_state = C
+            queue = batch
+            server = torque
+            Error_Path = login1:/shared/logs/a-very-long-folder-name-that-qstat-cuts/dask-wo
+        \trker.e4343
+            exit_status = 127
+        __END__
+        """)
+    _on_path(monkeypatch, bin_dir)
+    status = _pbs_statuses(["4343"])["4343"]
+    assert status.ended and status.end is not None
+    assert (status.end.state, status.end.exit_code) == ("C", "127")
+    assert status.end.stderr == "/shared/logs/a-very-long-folder-name-that-qstat-cuts/dask-worker.e4343"
+
+
+@pytest.mark.parametrize("qstat", [None, 'echo "qstat: cannot connect to server pbs (errno=15010)" >&2\nexit 2\n'],
+                         ids=["missing", "failing"])
+def test_pbs_watch_without_an_answering_qstat_detects_nothing(tmp_path, monkeypatch, qstat):
+    from drmime_batch.engine._jobwatch import _pbs_statuses
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if qstat is not None:
+        _tool(bin_dir, "qstat", qstat)
+        _on_path(monkeypatch, bin_dir)
+    else:
+        monkeypatch.setenv("PATH", str(bin_dir))  # no qstat at all
+    assert _pbs_statuses(["4343"]) == {}
+
+
+# ------------------------------------------------------------------------------------ LSF: jobs that die
+def _bjobs_json(records: list[dict[str, str]]) -> str:
+    """``bjobs -o ... -json`` as LSF prints it (slashes escaped)."""
+    import json
+
+    return json.dumps({"COMMAND": "bjobs", "JOBS": len(records), "RECORDS": records}, indent=2).replace("/", "\\/")
+
+
+def test_lsf_job_that_dies_at_once_is_named_with_its_exit_code_and_error_file(tmp_path, queue):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    logs = tmp_path / "logs"
+    _tool(bin_dir, "bsub", f"""\
+        cat > {tmp_path}/bsub.stdin
+        err=$(sed -n 's/^#BSUB -e //p' {tmp_path}/bsub.stdin | sed 's/%J/4444/')
+        printf 'starting\\n/no/such/python: No such file or directory\\n' > "$err"
+        echo "Job <4444> is submitted to queue <normal>."
+        """)
+    _tool(bin_dir, "bjobs", f"""\
+        echo "$@" >> {tmp_path}/bjobs.args
+        err=$(sed -n 's/^#BSUB -e //p' {tmp_path}/bsub.stdin | sed 's/%J/4444/')
+        out=$(sed -n 's/^#BSUB -o //p' {tmp_path}/bsub.stdin | sed 's/%J/4444/')
+        """ + _heredoc(_bjobs_json([{"JOBID": "4444", "STAT": "EXIT", "EXIT_CODE": "127",
+                                     "ERROR_FILE": "ERR", "OUTPUT_FILE": "OUT"}])).replace("'__END__'", "__END__")
+        .replace('"ERR"', '"$err"').replace('"OUT"', '"$out"'))
+    _tool(bin_dir, "bkill", "true\n")
+    config = _config(tmp_path, LSF_JOBS.replace("cores: 1", f"cores: 1\n    log-directory: {logs}"))
+    res = _cli("run", "--queue", queue, "--cluster", "lsf", "--cluster-config", config, "--no-warp", "--quiet",
+               cwd=tmp_path, path_prefix=bin_dir)
+    line = _one_error_line(res)
+    err = next(logs.glob("*-4444.err"))
+    assert line == (f"drmime-batch run: error: {config}: LSF job 4444 ended before its worker connected "
+                    f"(EXIT, exit code 127); {err} ends: starting | /no/such/python: No such file or directory")
+    assert "-a -o jobid stat exit_code error_file output_file -json 4444" in (tmp_path / "bjobs.args").read_text()
+    assert _pending(queue) == {"pending"}
+
+
+def test_lsf_pending_running_and_gone_jobs(tmp_path, monkeypatch):
+    from drmime_batch.engine._jobwatch import _lsf_statuses
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    records = [
+        {"JOBID": "21", "STAT": "PEND", "EXIT_CODE": "", "ERROR_FILE": "", "OUTPUT_FILE": ""},
+        {"JOBID": "22", "STAT": "RUN", "EXIT_CODE": "", "ERROR_FILE": "/x/w-22.err", "OUTPUT_FILE": "/x/w-22.out"},
+        {"JOBID": "23", "STAT": "DONE", "EXIT_CODE": "", "ERROR_FILE": "/x/w-23.err", "OUTPUT_FILE": ""},
+    ]
+    _tool(bin_dir, "bjobs", _heredoc(_bjobs_json(records)))
+    _on_path(monkeypatch, bin_dir)
+    statuses = _lsf_statuses(["21", "22", "23", "24"])
+    assert {j: (s.state, s.ended, s.never_starts) for j, s in statuses.items()} == {
+        "21": ("PEND", False, None), "22": ("RUN", False, None), "23": ("DONE", True, None),
+        "24": ("", True, None)}  # no longer listed
+    end = statuses["23"].end
+    assert end is not None and (end.exit_code, end.stderr, end.stdout) == ("0", "/x/w-23.err", None)
+
+
+def test_lsf_without_json_reads_the_text_columns(tmp_path, monkeypatch):
+    from drmime_batch.engine._jobwatch import _lsf_statuses
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _tool(bin_dir, "bjobs", """\
+        case "$*" in *-json*) echo "-json: Illegal option" >&2; exit 255;; esac
+        echo "31|EXIT|2|/x/w-31.err|/x/w-31.out"
+        echo "32|PEND|-|-|-"
+        echo "Job <33> is not found" >&2
+        exit 255
+        """)
+    _on_path(monkeypatch, bin_dir)
+    statuses = _lsf_statuses(["31", "32", "33"])
+    assert {j: (s.state, s.ended) for j, s in statuses.items()} == {"31": ("EXIT", True), "32": ("PEND", False),
+                                                                    "33": ("", True)}
+    end = statuses["31"].end
+    assert end is not None and (end.exit_code, end.stderr) == ("2", "/x/w-31.err")
+
+
+@pytest.mark.parametrize("bjobs", [None, 'echo "LSF is down. Please wait ..." >&2\nexit 255\n'],
+                         ids=["missing", "failing"])
+def test_lsf_watch_without_an_answering_bjobs_detects_nothing(tmp_path, monkeypatch, bjobs):
+    from drmime_batch.engine._jobwatch import _lsf_statuses
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if bjobs is not None:
+        _tool(bin_dir, "bjobs", bjobs)
+        _on_path(monkeypatch, bin_dir)
+    else:
+        monkeypatch.setenv("PATH", str(bin_dir))
+    assert _lsf_statuses(["4444"]) == {}
