@@ -12,13 +12,25 @@ leave it waiting forever, with nothing shown:
   cluster, which waits for a worker that will not come.
 
 :class:`_JobWatch` finds them: a refused submission (any scheduler, through the job class of
-:func:`_watched_job_cls`), and, polling ``squeue`` for SLURM, a job pending for one of the reasons
-of :data:`SLURM_NEVER_STARTS` or a job over (:data:`SLURM_ENDED`, or no longer listed) from which
-no worker ever connected. Each stops the batch the way Ctrl-C does (finished pairs stay finished,
-the others go back to pending; a dead job while other workers are connected is only warned of,
-once: one bad node should not stop the batch) and the cluster, once closed, raises a :class:`ClusterConfigError`
+:func:`_watched_job_cls`), and, polling the scheduler every few seconds (one states function per
+scheduler, :data:`_SCHEDULERS`), a job that can never start or a job over (or no longer listed)
+from which no worker ever connected:
+
+* SLURM (``squeue``, then ``scontrol``/``sacct`` for an ended job): pending for a reason of
+  :data:`SLURM_NEVER_STARTS`; over (:data:`SLURM_ENDED`) with its state and ``ExitCode``;
+* PBS (``qstat -x -f -F json``, PBS Pro / OpenPBS 19 and later; else plain ``qstat -f``, Torque
+  and older PBS): queued with a ``comment`` starting "Can Never Run" (PBS Pro's scheduler);
+  finished (``job_state`` F, C on Torque) with its ``Exit_status`` and ``Error_Path``;
+* LSF (``bjobs -a -o ... -json``; else the same fields as text): EXIT or DONE with its exit
+  code and error file. LSF's pending reasons describe its last dispatch turn and may all clear:
+  none is taken as final.
+
+Each stops the batch the way Ctrl-C does (finished pairs stay finished, the others go back to
+pending; a dead job while other workers are connected is only warned of, once: one bad node
+should not stop the batch) and the cluster, once closed, raises a :class:`ClusterConfigError`
 naming the cause: the command's own error, the pending reason, or the dead job's state, exit code
-and the last lines of its error file.
+and the last lines of its error file. A scheduler command that is missing or fails detects
+nothing: the batch waits as before.
 """
 
 from __future__ import annotations
