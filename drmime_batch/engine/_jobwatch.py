@@ -501,7 +501,7 @@ def _pbs_parse_full(text: str) -> dict[str, dict[str, Any]]:
 #: X a finished subjob
 _PBS_ENDED = frozenset({"F", "C", "X"})
 #: PBS Pro's scheduler starts the ``comment`` of a job that can never run as submitted with this
-#: (e.g. "Can Never Run: Insufficient amount of resource: ngpus (R: 8 A: 4 T: 4)"); its other
+#: (e.g. "Can Never Run: Insufficient amount of resource: host (node42)"); its other
 #: comments ("Not Running: ...") name a passing reason
 _PBS_NEVER_RUNS = "Can Never Run"
 
@@ -521,7 +521,7 @@ def _pbs_status(attrs: Mapping[str, Any]) -> _JobStatus:
 
 def _pbs_path(value: Any) -> str | None:
     """``Error_Path``/``Output_Path`` without the host: ``"node1:/x/w.e42"`` -> ``"/x/w.e42"``."""
-    return str(value).split(":", 1)[-1] or None if value else None
+    return (str(value).split(":", 1)[-1] or None) if value else None
 
 
 def _pbs_log_files(job_id: str, job: Any, end: _JobEnd | None) -> list[Path]:
