@@ -14,7 +14,9 @@ delta_i) B_i)`` on the finest one (DRMIME's fine-level correction); ``M0`` comes
 initialisation. Adam drives the transform and the network with separate learning rates; when the
 smoothed similarity stops improving for ``patience`` iterations the learning rates drop, and after
 ``lr_decays`` drops the loop stops (or at ``max_iterations``). The returned parameters are an
-exponential moving average of the last iterates, which removes the jitter of stochastic sampling.
+exponential moving average of the last iterates, which removes the jitter of stochastic sampling;
+each drop restarts the transform from that average, so the slower phases refine the average
+rather than wherever the jitter had left the last iterate.
 Finally the result is compared with its start by the initialisation's score, and the start is
 kept when the result is worse (:func:`never_worse`); then, unless ``consensus`` is off, it is
 replaced by the consensus of the tissue (:func:`_consensus_stage`,
@@ -667,6 +669,12 @@ def optimise(
             best = ema
             for group in opt.param_groups:
                 group["lr"] *= config.lr_factor
+            # Each slower phase refines the average, not the last noisy iterate: where the
+            # similarity is flat (lobes that moved apart) the iterate drifts several pixels per
+            # few dozen iterations, and the decay would freeze it wherever the drift had taken it.
+            with torch.no_grad():
+                theta.copy_(avg_theta[:k])
+                delta.copy_(avg_theta[k:])
 
     with torch.no_grad():
         params = avg_theta
