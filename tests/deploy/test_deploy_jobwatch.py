@@ -456,19 +456,27 @@ def test_torque_qstat_text_of_a_completed_job(tmp_path, monkeypatch):
     assert status.end.stderr == "/shared/logs/a-very-long-folder-name-that-qstat-cuts/dask-worker.e4343"
 
 
-@pytest.mark.parametrize("qstat", [None, 'echo "qstat: cannot connect to server pbs (errno=15010)" >&2\nexit 2\n'],
-                         ids=["missing", "failing"])
-def test_pbs_watch_without_an_answering_qstat_detects_nothing(tmp_path, monkeypatch, qstat):
-    from drmime_batch.engine._jobwatch import _pbs_statuses
+@pytest.mark.parametrize(
+    ("tool", "script", "statuses"),
+    [
+        ("qstat", None, "_pbs_statuses"),
+        ("qstat", 'echo "qstat: cannot connect to server pbs (errno=15010)" >&2\nexit 2\n', "_pbs_statuses"),
+        ("bjobs", None, "_lsf_statuses"),
+        ("bjobs", 'echo "LSF is down. Please wait ..." >&2\nexit 255\n', "_lsf_statuses"),
+    ],
+    ids=["pbs-missing", "pbs-failing", "lsf-missing", "lsf-failing"],
+)
+def test_watch_without_an_answering_status_command_detects_nothing(tmp_path, monkeypatch, tool, script, statuses):
+    from drmime_batch.engine import _jobwatch
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    if qstat is not None:
-        _tool(bin_dir, "qstat", qstat)
+    if script is not None:
+        _tool(bin_dir, tool, script)
         _on_path(monkeypatch, bin_dir)
     else:
-        monkeypatch.setenv("PATH", str(bin_dir))  # no qstat at all
-    assert _pbs_statuses(["4343"]) == {}
+        monkeypatch.setenv("PATH", str(bin_dir))  # no such command at all
+    assert getattr(_jobwatch, statuses)(["4343"]) == {}
 
 
 # ------------------------------------------------------------------------------------ LSF: jobs that die
@@ -548,16 +556,3 @@ def test_lsf_without_json_reads_the_text_columns(tmp_path, monkeypatch):
     assert end is not None and (end.exit_code, end.stderr) == ("2", "/x/w-31.err")
 
 
-@pytest.mark.parametrize("bjobs", [None, 'echo "LSF is down. Please wait ..." >&2\nexit 255\n'],
-                         ids=["missing", "failing"])
-def test_lsf_watch_without_an_answering_bjobs_detects_nothing(tmp_path, monkeypatch, bjobs):
-    from drmime_batch.engine._jobwatch import _lsf_statuses
-
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    if bjobs is not None:
-        _tool(bin_dir, "bjobs", bjobs)
-        _on_path(monkeypatch, bin_dir)
-    else:
-        monkeypatch.setenv("PATH", str(bin_dir))
-    assert _lsf_statuses(["4444"]) == {}
