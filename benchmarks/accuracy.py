@@ -142,10 +142,12 @@ def _affine_from_points(transform_point: Callable[[tuple[float, float]], tuple[f
 class Methods:
     """The registration methods, each ``(fixed_rgb, moving_rgb, pair) -> 3x3 fixed->moving``."""
 
-    def __init__(self, *, threads: int, max_iterations: int | None, device: str) -> None:
+    def __init__(self, *, threads: int, max_iterations: int | None, device: str, seed: int | None = None) -> None:
         self.threads = threads
         self.max_iterations = max_iterations
         self.device = device
+        #: DRMIME's random seed (None: the library default); runs with several seeds show the spread
+        self.seed = seed
         self._sitk: Any = None
         self._itk: Any = None
         #: image -> float32 gray in [0, 1] handed to the peers (another loader may swap it in).
@@ -195,6 +197,8 @@ class Methods:
 
         torch.set_num_threads(self.threads)
         opts: dict[str, Any] = {"device": self.device}
+        if self.seed is not None:
+            opts["seed"] = self.seed
         if self.max_iterations is not None:
             opts["max_iterations"] = self.max_iterations
             opts["min_iterations"] = min(self.max_iterations, 10)
@@ -453,6 +457,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch / ITK / elastix (default 2)")
     p.add_argument("--max-iterations", type=int, default=None,
                    help="override DRMIME/baseline iterations (quick runs; default: the library's defaults)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="DRMIME's random seed (default: the library's); several seeds show the run-to-run spread")
     p.add_argument("--device", default="auto", help="torch device for drmime and baselines (default auto)")
     p.add_argument("--deformable", action="store_true",
                    help="also run DRMIME's deformable stage (drmime-d) and elastix's default B-spline map after its "
@@ -481,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
     console.print(f"{len(pairs)} pairs from {args.dataset.name}, methods: {', '.join(args.methods)}, "
                   f"{args.threads} threads")
-    runner = Methods(threads=args.threads, max_iterations=args.max_iterations, device=args.device)
+    runner = Methods(threads=args.threads, max_iterations=args.max_iterations, device=args.device, seed=args.seed)
     t0 = time.perf_counter()
     outcomes = run(pairs, args.methods, runner, console)
     summary = summarise_outcomes(outcomes, args.methods)
@@ -494,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
             "dataset": args.dataset.name,
             "threads": args.threads,
             "max_iterations": args.max_iterations,
+            "seed": args.seed,
             "machine": machine(),
             "pairs": [o.__dict__ for o in outcomes],
             "summary": summary,

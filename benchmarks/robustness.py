@@ -742,6 +742,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=512,
                    help="longer side in pixels of the lesion-3 images the generated cases are built from "
                         "(0: as they are; default 512)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="DRMIME's random seed (default: the library's); several seeds show the run-to-run spread")
     p.add_argument("--device", default="auto", help="torch device for drmime (default auto)")
     p.add_argument("-v", "--verbose", action="store_true", help="log tracebacks of failed methods")
     args = p.parse_args(argv)
@@ -778,7 +780,7 @@ def main(argv: list[str] | None = None) -> int:
     specs += generated_specs(args.size)
     selected = select_cases(specs, args.cases)
 
-    runner = acc.Methods(threads=args.threads, max_iterations=args.max_iterations, device=args.device)
+    runner = acc.Methods(threads=args.threads, max_iterations=args.max_iterations, device=args.device, seed=args.seed)
     runner.gray = peer_gray_any
     methods = []
     for m in args.methods:
@@ -803,6 +805,7 @@ def main(argv: list[str] | None = None) -> int:
             "data": None if args.data is None else args.data.name,
             "threads": args.threads,
             "max_iterations": args.max_iterations,
+            "seed": args.seed,
             "size": args.size,
             "device": args.device,
             "methods": methods,
