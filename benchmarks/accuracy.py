@@ -252,7 +252,8 @@ class Methods:
         reg = sitk.ImageRegistrationMethod()
         reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
         reg.SetMetricSamplingStrategy(reg.RANDOM)
-        reg.SetMetricSamplingPercentage(0.2, seed=0)
+        # a fixed seed: SimpleITK's seed 0 is sitkWallClock, a different sample (and result) every run
+        reg.SetMetricSamplingPercentage(0.2, seed=1)
         reg.SetInterpolator(sitk.sitkLinear)
         reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=200)
         reg.SetOptimizerScalesFromPhysicalShift()
