@@ -111,8 +111,9 @@ class RegistrationConfig:
         deformation (same objective) and replace it by the transform of the same family closest
         to that deformation over the fixed tissue (robust least squares, Tukey's biweight): when
         pieces of a section moved apart between cuts, the linear optimum follows the most
-        distinctive piece, this follows the tissue that agrees. Kept only when it keeps at least a quarter of the similarity the linear
-        result gained over its start (a deformation gone astray loses more);
+        distinctive piece, this follows the tissue that agrees. Kept only when it keeps at least
+        a quarter of the similarity the linear result gained over its start (a deformation gone
+        astray loses more);
         ``result.init["consensus"]`` says which, and why.
     consensus_grid : int
         Velocity-grid cells of that coarse deformation along the longer side.

@@ -171,7 +171,7 @@ def fit_transform_to_map(
     for _ in range(reweights):
         with torch.no_grad():
             weights = tukey_weights(residuals(params).sqrt())
-        if not bool(weights.gt(0).any()):  # every residual 0: the fit is exact already
+        if not bool(weights.gt(0).any()):  # only when residuals are not finite (else the median's half is > 0)
             break
         minimise(weights)
     with torch.no_grad():
@@ -180,7 +180,7 @@ def fit_transform_to_map(
         return start @ exp_transform(final, bases), final, rms
 
 
-def tukey_weights(residuals: torch.Tensor, c: float | None = None) -> torch.Tensor:
+def tukey_weights(residuals: torch.Tensor, c: float = TUKEY_C) -> torch.Tensor:
     """Tukey's biweight ``(1 - (r / (c s))^2)^2`` (0 beyond), ``s`` the residuals' robust scale.
 
     ``s`` = 1.4826 × the median residual (the standard deviation for normal residuals);
@@ -190,6 +190,5 @@ def tukey_weights(residuals: torch.Tensor, c: float | None = None) -> torch.Tens
     >>> [round(v, 3) for v in w.tolist()]
     [1.0, 0.959, 0.959, 0.959, 0.0]
     """
-    c = TUKEY_C if c is None else c
     cut = c * 1.4826 * residuals.median() + torch.finfo(residuals.dtype).tiny
     return (1 - (residuals / cut) ** 2).clamp(min=0) ** 2
