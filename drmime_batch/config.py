@@ -103,7 +103,13 @@ class RegistrationConfig:
     deformable_smoothness : float
         Weight of the velocity's mean squared spatial derivative in the loss.
     deformable_iterations : int
-        Most iterations of the deformable stage (it stops earlier on a plateau).
+        Most iterations of the deformable stage (it stops earlier on a plateau, mostly after
+        300-450): a bound on its cost, each iteration costing about twice one of the linear stage.
+    deformable_points : int
+        Points sampled afresh per level and iteration in the deformable stage (capped per level
+        as ``points`` is). Twice the linear stage's: each of the field's hundreds of parameters
+        learns only from the points near its node, and with fewer the gradient noise damps its
+        steps so the field stops short of the alignment.
     lr_deformable : float
         Adam learning rate of the velocity (frame units: 1 is half the longer side).
     consensus : bool
@@ -150,7 +156,8 @@ class RegistrationConfig:
     deformable: bool = False
     deformable_grid: int = 16
     deformable_smoothness: float = 3.0
-    deformable_iterations: int = 600
+    deformable_iterations: int = 480
+    deformable_points: int = 9000
     lr_deformable: float = 2e-3
     consensus: bool = True
     consensus_grid: int = 4
@@ -170,7 +177,7 @@ class RegistrationConfig:
         if self.sampling not in ("edges", "uniform"):
             raise ConfigError(f"sampling must be 'edges' or 'uniform', got {self.sampling!r}")
         for name in ("max_size", "levels", "points", "fine_points", "max_iterations", "hidden", "init_angles",
-                     "deformable_grid", "deformable_iterations", "consensus_grid", "consensus_iterations"):
+                     "deformable_grid", "deformable_iterations", "deformable_points", "consensus_grid", "consensus_iterations"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.min_iterations > self.max_iterations:

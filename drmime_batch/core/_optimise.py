@@ -347,6 +347,7 @@ def _deformable_stage(
         top = float(u.values.abs().max())
     record: dict[str, object] = {
         "iterations": iteration, "seconds": time.perf_counter() - t0, "grid": list(field.velocity.shape[1:]),
+        "points": list(n_points),
         "linear_score": start_score, "score": final_score, "max_displacement_frame": top, **jac,
     }
     if not math.isfinite(final_score) or final_score <= start_score:
@@ -418,17 +419,23 @@ def _consensus_stage(
     return fitted, torch.cat([theta, torch.zeros_like(theta)]), out | {"kept": True, "reason": None}
 
 
-def level_points(config: RegistrationConfig, pixels: list[int]) -> list[int]:
+def level_points(config: RegistrationConfig, pixels: list[int], *, deformable: bool = False) -> list[int]:
     """Points sampled per iteration at each level, finest first, from the levels' pixel counts.
 
-    ``fine_points`` at the finest level, ``points`` at the others, but never more than a quarter
-    of a level's pixels (at least 256): the coarsest levels of a 1024-pixel image are a few
-    hundred pixels, and 4500 points there resample each pixel many times at full cost.
+    ``fine_points`` at the finest level, ``points`` at the others (``deformable_points`` at every
+    level for the deformable stage), but never more than a quarter of a level's pixels (at least
+    256): the coarsest levels of a 1024-pixel image are a few hundred pixels, and 4500 points
+    there resample each pixel many times at full cost.
 
     >>> level_points(RegistrationConfig(), [600_000, 150_000, 37_000, 9_000, 2_300, 600])
     [4500, 4500, 4500, 2250, 575, 256]
+    >>> level_points(RegistrationConfig(), [600_000, 150_000, 37_000, 9_000, 2_300, 600], deformable=True)
+    [9000, 9000, 9000, 2250, 575, 256]
     """
-    wanted = [config.fine_points] + [config.points] * (len(pixels) - 1)
+    if deformable:
+        wanted = [config.deformable_points] * len(pixels)
+    else:
+        wanted = [config.fine_points] + [config.points] * (len(pixels) - 1)
     return [max(256, min(n, px // 4)) for n, px in zip(wanted, pixels, strict=True)]
 
 
@@ -710,8 +717,9 @@ def optimise(
     elif config.deformable:
         field, deformation = _deformable_stage(
             config, frame_matrix, pyr_f, pyr_m, pools_f, pools_m if config.symmetric else [], f_to_frame, m_to_frame,
-            frame_to_grid_f, frame_to_grid_m, n_points, net if config.metric == "mine" else None, gen, scorer,
-            callback, iteration,
+            frame_to_grid_f, frame_to_grid_m,
+            level_points(config, [lf.shape[1] * lf.shape[2] for lf in pyr_f], deformable=True),
+            net if config.metric == "mine" else None, gen, scorer, callback, iteration,
         )
         if field is not None:
             field_px = _field_in_pixels(field, frame_f)

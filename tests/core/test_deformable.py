@@ -112,9 +112,12 @@ def test_scaling_and_squaring_does_not_fold_where_the_velocity_itself_would():
 def test_a_deformation_that_does_not_help_leaves_the_linear_result(recovered):
     fixed = _section()
     moving = _deformed(fixed, amplitude=4.0)
-    result = register(fixed, moving, deformable=True, lr_deformable=0.0, **(QUICK | {"deformable_iterations": 20}))
+    result = register(fixed, moving, deformable=True, lr_deformable=0.0,
+                      **(QUICK | {"deformable_iterations": 20, "deformable_points": 1234}))
     assert result.field is None
     assert result.deformation["kept"] is False and "did not raise" in result.deformation["reason"]
+    # the stage samples its own number of points at the finest level, not the linear stage's 4500
+    assert result.deformation["points"][0] == 1234
     assert np.allclose(result.matrix, recovered[1].matrix)  # the same linear stage, untouched
 
 
