@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/accuracy.py [DATASET] [--methods M1,M2,...] [--pairs N] [--json OUT]
                                   [--threads 2] [--max-iterations K] [--device cpu]
+                                  [--modality fluorescence] [--deformable] [--seed S]
 
 ``DATASET`` is a folder holding an ANHIR cover table ``pairs.csv`` (columns ``Target image``,
 ``Source image``, ``Target landmarks``, ``Source landmarks``; paths relative to the folder); the
@@ -25,6 +26,12 @@ elastix        itk-elastix with its default affine parameter map
 drmime-d       DRMIME with its deformable stage (``--deformable``)
 elastix-b      itk-elastix's default affine then default B-spline map (``--deformable``)
 ============== ==================================================================================
+
+``--modality fluorescence`` shows every method each moving image rendered as a one-channel
+nuclear-stain fluorescence image of the same section (:func:`fluorescence`: the haematoxylin
+optical density, bright on dark), against the brightfield fixed image: a multimodal set that keeps
+the pairs' own landmarks, where a similarity that assumes equal intensities (MSE) or a linear
+relation (NCC) has nothing to hold on to.
 
 The peers (``pip install drmime-batch[peers]``) are skipped with a message when not importable.
 Peers see gray images: ``1 - luminance`` (ITU-R 601 weights) of the RGB slide, so background is
@@ -122,9 +129,51 @@ def load_rgb(path: Path) -> np.ndarray:
 
 
 def peer_gray(rgb: np.ndarray) -> np.ndarray:
-    """``1 - luminance`` in [0, 1], float32 (tissue bright, background dark)."""
+    """``1 - luminance`` in [0, 1], float32 (tissue bright, background dark).
+
+    A one-channel uint8 image (``--modality fluorescence``) already has a dark background: it is
+    only scaled to [0, 1].
+    """
+    if rgb.ndim == 2:
+        return (rgb.astype(np.float32) / 255.0).astype(np.float32)
     lum = rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32) / 255.0
     return (1.0 - lum).astype(np.float32)
+
+
+def fluorescence(rgb: np.ndarray) -> np.ndarray:
+    """A brightfield RGB section rendered as a one-channel nuclear-stain fluorescence image.
+
+    The haematoxylin optical density from colour deconvolution (``skimage.color.rgb2hed``,
+    Ruifrok and Johnston's stain vectors), scaled by its 0.5/99.5 percentiles to uint8: nuclei
+    bright on a dark background, eosin and DAB gone, as a DAPI channel of the same section would
+    look. Geometry is untouched, so the pair's landmarks still hold.
+
+    Parameters
+    ----------
+    rgb : ndarray, shape (H, W, 3), uint8
+
+    Returns
+    -------
+    ndarray, shape (H, W), uint8
+
+    Examples
+    --------
+    >>> img = np.full((4, 4, 3), 250, dtype=np.uint8); img[1:3, 1:3] = (60, 40, 140)  # a bluish nucleus
+    >>> out = fluorescence(img)
+    >>> out.shape, bool(out[1, 1] > out[0, 0])
+    ((4, 4), True)
+    """
+    from skimage.color import rgb2hed
+
+    h = rgb2hed(rgb[..., :3])[..., 0]
+    lo, hi = np.percentile(h, [0.5, 99.5])
+    if hi <= lo:
+        lo, hi = float(h.min()), float(h.max()) + 1e-9
+    return np.rint(255 * np.clip((h - lo) / (hi - lo), 0.0, 1.0)).astype(np.uint8)
+
+
+#: how the moving image of each pair is shown to every method (``--modality``)
+MODALITIES: dict[str, Callable[[np.ndarray], np.ndarray] | None] = {"brightfield": None, "fluorescence": fluorescence}
 
 
 def _affine_from_points(transform_point: Callable[[tuple[float, float]], tuple[float, float]]) -> np.ndarray:
@@ -309,7 +358,9 @@ class Methods:
 
 
 # --------------------------------------------------------------------------- running
-def run(pairs: list[Pair], methods: list[str], runner: Methods, console: Any) -> list[Outcome]:
+def run(pairs: list[Pair], methods: list[str], runner: Methods, console: Any,
+        moving_view: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Outcome]:
+    """Every method on every pair; ``moving_view`` (see :data:`MODALITIES`) re-renders each moving image."""
     outcomes: list[Outcome] = []
     usable = []
     for method in methods:
@@ -321,6 +372,8 @@ def run(pairs: list[Pair], methods: list[str], runner: Methods, console: Any) ->
         usable.append(method)
     for pair in pairs:
         f_rgb, m_rgb = load_rgb(pair.fixed), load_rgb(pair.moving)
+        if moving_view is not None:
+            m_rgb = moving_view(m_rgb)
         fixed_lm, moving_lm = read_landmarks(pair.fixed_landmarks), read_landmarks(pair.moving_landmarks)
         for method in usable:
             out = Outcome(pair.pair_id, method)
@@ -461,6 +514,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None,
                    help="DRMIME's random seed (default: the library's); several seeds show the run-to-run spread")
     p.add_argument("--device", default="auto", help="torch device for drmime and baselines (default auto)")
+    p.add_argument("--modality", choices=sorted(MODALITIES), default="brightfield",
+                   help="how each moving image is shown to every method: as scanned (brightfield, default), or "
+                        "rendered as a one-channel nuclear-stain fluorescence image of the same section "
+                        "(fluorescence: a multimodal set with the pairs' own landmarks)")
     p.add_argument("--deformable", action="store_true",
                    help="also run DRMIME's deformable stage (drmime-d) and elastix's default B-spline map after its "
                         "affine (elastix-b); add --methods to run only those")
@@ -486,11 +543,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.pairs is not None:
         pairs = pairs[: args.pairs]
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    console.print(f"{len(pairs)} pairs from {args.dataset.name}, methods: {', '.join(args.methods)}, "
-                  f"{args.threads} threads")
+    console.print(f"{len(pairs)} pairs from {args.dataset.name} ({args.modality} moving images), methods: "
+                  f"{', '.join(args.methods)}, {args.threads} threads")
     runner = Methods(threads=args.threads, max_iterations=args.max_iterations, device=args.device, seed=args.seed)
     t0 = time.perf_counter()
-    outcomes = run(pairs, args.methods, runner, console)
+    outcomes = run(pairs, args.methods, runner, console, MODALITIES[args.modality])
     summary = summarise_outcomes(outcomes, args.methods)
     print_tables(outcomes, summary, args.methods, console)
     console.print(f"total {time.perf_counter() - t0:.0f} s; command: {command}")
@@ -499,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({
             "command": command,
             "dataset": args.dataset.name,
+            "modality": args.modality,
             "threads": args.threads,
             "max_iterations": args.max_iterations,
             "seed": args.seed,

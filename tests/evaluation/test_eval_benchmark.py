@@ -78,3 +78,34 @@ def test_simpleitk_adapter_returns_fixed_to_moving_pixels(accuracy) -> None:
     np.testing.assert_allclose(first, truth, atol=0.05)
     # the same sample every run (SimpleITK's seed 0 is the wall clock: peer rows changed between runs)
     np.testing.assert_array_equal(runner.run_sitk(fixed, moving, None), first)
+
+
+def test_fluorescence_modality_shows_every_method_a_dark_background_nuclear_channel(accuracy) -> None:
+    import io
+
+    from rich.console import Console
+
+    from drmime_batch.core._mask import tissue_mask
+
+    pair = accuracy.read_cover_table(accuracy.DEFAULT_DATASET)[0]
+    rgb = accuracy.load_rgb(pair.moving)
+    fl = accuracy.fluorescence(rgb)
+    assert fl.shape == rgb.shape[:2] and fl.dtype == np.uint8
+    tissue = tissue_mask(rgb)
+    assert fl[~tissue].mean() < 0.5 * fl[tissue].mean()  # bright tissue on a dark background
+    # the peers get it as it is (dark background, their padding value), not inverted like an RGB slide
+    np.testing.assert_allclose(accuracy.peer_gray(fl), fl / 255.0, atol=1e-6)
+
+    seen = []
+
+    class Spy(accuracy.Methods):
+        @staticmethod
+        def run_identity(f, m, pair):
+            seen.append((f.shape, m.shape))
+            return np.eye(3)
+
+    runner = Spy(threads=1, max_iterations=None, device="cpu")
+    out = accuracy.run([pair], ["identity"], runner, Console(file=io.StringIO()), accuracy.MODALITIES["fluorescence"])
+    assert seen == [(accuracy.load_rgb(pair.fixed).shape, rgb.shape[:2])]  # fixed as scanned, moving re-rendered
+    assert out[0].scores["rtre_median"] > 0 and out[0].error is None
+    assert accuracy.parse_args(["--modality", "fluorescence"]).modality == "fluorescence"
