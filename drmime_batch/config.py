@@ -101,7 +101,10 @@ class RegistrationConfig:
     deformable_grid : int
         Velocity-grid cells along the longer side of the fixed image.
     deformable_smoothness : float
-        Weight of the velocity's mean squared spatial derivative in the loss.
+        Weight of the penalty on the velocity's local variation: the mean squared deviation of its
+        spatial derivatives from their mean over the grid. A global affine part of the velocity
+        is free: it corrects what the linear stage left, which the penalty should not resist, so
+        the weight can hold the local variation firmly without holding that correction back.
     deformable_iterations : int
         Most iterations of the deformable stage (it stops earlier on a plateau, mostly after
         300-450): a bound on its cost, each iteration costing about twice one of the linear stage.
@@ -125,6 +128,10 @@ class RegistrationConfig:
         Velocity-grid cells of that coarse deformation along the longer side.
     consensus_iterations : int
         Most iterations of that deformation (never more than ``max_iterations``).
+    consensus_smoothness : float
+        Weight of that deformation's smoothness penalty: the mean squared spatial derivative of
+        its velocity (affine parts included, so the deformation stays close to the linear result
+        it is fitted back to).
     """
 
     transform: str = "affine"
@@ -155,13 +162,14 @@ class RegistrationConfig:
     threads: int | None = None
     deformable: bool = False
     deformable_grid: int = 16
-    deformable_smoothness: float = 3.0
+    deformable_smoothness: float = 6.0
     deformable_iterations: int = 480
     deformable_points: int = 9000
     lr_deformable: float = 2e-3
     consensus: bool = True
     consensus_grid: int = 4
     consensus_iterations: int = 240
+    consensus_smoothness: float = 3.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

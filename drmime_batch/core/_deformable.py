@@ -9,7 +9,9 @@ diffeomorphism (no folds when ``v`` is smooth) and its inverse is the exponentia
 The objective is the linear stage's: one statistics network (the linear stage's, trained on),
 fresh points drawn from every pyramid level at every iteration, symmetric (half the points start in
 the moving image and go back through the inverse map), minus the mean of the per-level
-Donsker–Varadhan bounds; plus a smoothness penalty on the velocity's spatial derivatives.
+Donsker–Varadhan bounds; plus a smoothness penalty on the velocity's spatial derivatives (on
+their deviation from the mean for the deformable stage, so a global affine correction of the linear
+result is free).
 Afterwards the deformation must raise the linear result's comparable score (joint-histogram MI at
 a few scales) and keep the Jacobian determinant positive, else the linear result stands.
 
@@ -127,11 +129,26 @@ class VelocityField(torch.nn.Module):
             u = (flat + _sample(u, nodes + flat, self.lower, self.upper)).T.reshape(2, gh, gw)
         return DisplacementGrid(u, self.lower, self.upper)
 
-    def roughness(self) -> torch.Tensor:
-        """Mean squared spatial derivative of the velocity (dimensionless: frame units per frame unit)."""
+    def roughness(self, *, free_affine: bool = False) -> torch.Tensor:
+        """Mean squared spatial derivative of the velocity (dimensionless: frame units per frame unit).
+
+        With ``free_affine`` the derivatives' mean over the grid is taken out first, so an affine
+        velocity (constant derivatives) costs nothing and only local variation is penalised.
+
+        Examples
+        --------
+        >>> vf = VelocityField((-1.0, -1.0), (1.0, 1.0), cells=4)
+        >>> with torch.no_grad():
+        ...     _ = vf.velocity[0].copy_(0.1 * torch.linspace(-1, 1, 5))  # v_x = 0.1 x: a stretch
+        >>> round(float(vf.roughness().detach()), 6), float(vf.roughness(free_affine=True).detach()) < 1e-12
+        (0.005, True)
+        """
         v = self.velocity
         dx = (v[:, :, 1:] - v[:, :, :-1]) / self.spacing
         dy = (v[:, 1:, :] - v[:, :-1, :]) / self.spacing
+        if free_affine:
+            dx = dx - dx.mean((1, 2), keepdim=True)
+            dy = dy - dy.mean((1, 2), keepdim=True)
         return (dx**2).mean() + (dy**2).mean()
 
 

@@ -256,11 +256,15 @@ def _deformable_stage(
     scorer: Callable[..., torch.Tensor],
     callback: ProgressCallback | None,
     start_iteration: int,
+    *,
+    free_affine: bool = True,
 ) -> tuple[VelocityField | None, dict[str, object]]:
     """Optimise a velocity field on top of the frame matrix ``matrix``; the field, or None, and a record.
 
     The field is kept only when it raises ``scorer``'s value over the linear result and the
-    Jacobian determinant stays positive; the record says which and why.
+    Jacobian determinant stays positive; the record says which and why. ``free_affine``: the
+    smoothness penalty leaves a global affine part of the velocity free (see
+    :meth:`VelocityField.roughness`); the consensus's coarse deformation penalises it.
     """
     device = matrix.device
     h, w = pyr_f[0].shape[1:]
@@ -315,7 +319,7 @@ def _deformable_stage(
         similarity = torch.stack(values).mean()
         if not torch.isfinite(similarity):
             return None, {"kept": False, "reason": f"the similarity became non-finite at iteration {iteration}"}
-        loss = -torch.stack(surrogates).mean() + config.deformable_smoothness * field.roughness()
+        loss = -torch.stack(surrogates).mean() + config.deformable_smoothness * field.roughness(free_affine=free_affine)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -384,7 +388,8 @@ def _consensus_stage(
     """
     k = bases.shape[0]
     stage = dataclasses.replace(config, deformable_grid=config.consensus_grid,
-                                deformable_iterations=min(config.consensus_iterations, config.max_iterations))
+                                deformable_iterations=min(config.consensus_iterations, config.max_iterations),
+                                deformable_smoothness=config.consensus_smoothness)
     field, record = deform(stage, frame_matrix)
     out: dict[str, object] = {"iterations": record.get("iterations"), "grid": record.get("grid")}
     if field is None:
@@ -698,7 +703,7 @@ def optimise(
                 return _deformable_stage(
                     cfg, start, pyr_f, pyr_m, pools_f, pools_m if config.symmetric else [], f_to_frame, m_to_frame,
                     frame_to_grid_f, frame_to_grid_m, n_points, net if config.metric == "mine" else None, gen, scorer,
-                    callback, iteration,
+                    callback, iteration, free_affine=False,
                 )
 
             frame_matrix, params, verdict["consensus"] = _consensus_stage(
