@@ -135,9 +135,17 @@ def peer_gray(rgb: np.ndarray) -> np.ndarray:
     only scaled to [0, 1].
     """
     if rgb.ndim == 2:
-        return (rgb.astype(np.float32) / 255.0).astype(np.float32)
+        return rgb.astype(np.float32) / np.float32(255.0)
     lum = rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32) / 255.0
     return (1.0 - lum).astype(np.float32)
+
+
+def unit_range(values: np.ndarray) -> np.ndarray:
+    """``values`` scaled by their own 0.5/99.5 percentiles to [0, 1] and clipped (min/max when flat)."""
+    lo, hi = np.percentile(values, [0.5, 99.5])
+    if hi <= lo:
+        lo, hi = float(values.min()), float(values.max()) + 1e-6
+    return np.clip((values - lo) / (hi - lo), 0.0, 1.0)
 
 
 def fluorescence(rgb: np.ndarray) -> np.ndarray:
@@ -165,11 +173,7 @@ def fluorescence(rgb: np.ndarray) -> np.ndarray:
     """
     from skimage.color import rgb2hed
 
-    h = rgb2hed(rgb[..., :3])[..., 0]
-    lo, hi = np.percentile(h, [0.5, 99.5])
-    if hi <= lo:
-        lo, hi = float(h.min()), float(h.max()) + 1e-9
-    return np.rint(255 * np.clip((h - lo) / (hi - lo), 0.0, 1.0)).astype(np.uint8)
+    return np.rint(255 * unit_range(rgb2hed(rgb[..., :3])[..., 0])).astype(np.uint8)
 
 
 #: how the moving image of each pair is shown to every method (``--modality``)

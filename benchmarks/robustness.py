@@ -167,10 +167,7 @@ def peer_gray_any(image: np.ndarray) -> np.ndarray:
     if image.ndim == 3 and image.shape[2] >= 3:
         return acc.peer_gray(image)
     grey = (image[..., 0] if image.ndim == 3 else image).astype(np.float32)
-    lo, hi = np.percentile(grey, [0.5, 99.5])
-    if hi <= lo:
-        lo, hi = float(grey.min()), float(grey.max()) + 1e-6
-    return (1.0 - np.clip((grey - lo) / (hi - lo), 0.0, 1.0)).astype(np.float32)
+    return (1.0 - acc.unit_range(grey)).astype(np.float32)
 
 
 def lesion3_specs() -> list[CaseSpec]:

@@ -589,7 +589,8 @@ def optimise(
     opt = torch.optim.Adam(groups)
     metric_fn = METRICS.get(config.metric)
 
-    n_points = level_points(config, [lf.shape[1] * lf.shape[2] for lf in pyr_f])
+    level_pixels = [lf.shape[1] * lf.shape[2] for lf in pyr_f]
+    n_points = level_points(config, level_pixels)
     first_phase, later_phase = phase_budgets(config)
     since_decay = 0
     ema: float | None = None
@@ -723,7 +724,7 @@ def optimise(
         field, deformation = _deformable_stage(
             config, frame_matrix, pyr_f, pyr_m, pools_f, pools_m if config.symmetric else [], f_to_frame, m_to_frame,
             frame_to_grid_f, frame_to_grid_m,
-            level_points(config, [lf.shape[1] * lf.shape[2] for lf in pyr_f], deformable=True),
+            level_points(config, level_pixels, deformable=True),
             net if config.metric == "mine" else None, gen, scorer, callback, iteration,
         )
         if field is not None:
