@@ -113,6 +113,11 @@ class RegistrationConfig:
         as ``points`` is). Twice the linear stage's: each of the field's hundreds of parameters
         learns only from the points near its node, and with fewer the gradient noise damps its
         steps so the field stops short of the alignment.
+    deformable_min_cell : float
+        The deformable stage optimises only the pyramid levels on which a velocity-grid cell spans
+        at least this many pixels (the finest level always). On coarser levels a cell holds a
+        handful of pixels and fewer points, so each node's gradient there is noise; in the mean
+        over levels it would weigh as much as a fine level's. The linear stage keeps every level.
     lr_deformable : float
         Adam learning rate of the velocity (frame units: 1 is half the longer side).
     consensus : bool
@@ -165,6 +170,7 @@ class RegistrationConfig:
     deformable_smoothness: float = 6.0
     deformable_iterations: int = 480
     deformable_points: int = 9000
+    deformable_min_cell: float = 4.0
     lr_deformable: float = 2e-3
     consensus: bool = True
     consensus_grid: int = 4

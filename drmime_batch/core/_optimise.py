@@ -280,7 +280,12 @@ def _deformable_stage(
     opt = torch.optim.Adam(params)
     metric_fn = METRICS.get(config.metric)
     inverse = torch.linalg.inv(matrix)
-    n_levels = len(pyr_f)
+    # Levels on which a grid cell spans fewer than ``deformable_min_cell`` pixels are left out:
+    # they cannot place a node (a cell there holds a handful of pixels and, capped at a quarter of
+    # the level, fewer points), so their per-node gradients are noise, weighted like the finer
+    # levels' in the mean. The linear stage keeps them; it needs their reach, this stage starts aligned.
+    cell_px = [field.spacing / float(f_to_frame[lvl][0, 0]) for lvl in range(len(pyr_f))]
+    n_levels = max(1, sum(c >= config.deformable_min_cell for c in cell_px))
     ema: float | None = None
     best, since_best, decays = -math.inf, 0, 0
     ema_lme: list[float | None] = [None] * n_levels
@@ -351,7 +356,7 @@ def _deformable_stage(
         top = float(u.values.abs().max())
     record: dict[str, object] = {
         "iterations": iteration, "seconds": time.perf_counter() - t0, "grid": list(field.velocity.shape[1:]),
-        "points": list(n_points),
+        "points": list(n_points[:n_levels]), "levels": n_levels,
         "linear_score": start_score, "score": final_score, "max_displacement_frame": top, **jac,
     }
     if not math.isfinite(final_score) or final_score <= start_score:

@@ -118,6 +118,10 @@ def test_a_deformation_that_does_not_help_leaves_the_linear_result(recovered):
     assert result.deformation["kept"] is False and "did not raise" in result.deformation["reason"]
     # the stage samples its own number of points at the finest level, not the linear stage's 4500
     assert result.deformation["points"][0] == 1234
+    # a grid cell spans 223 / 16 = 14 px at the finest level, 7 at the next, 3.5 at the third:
+    # the stage keeps the two levels whose cells span at least deformable_min_cell = 4 px
+    assert result.deformation["levels"] == 2 < len(result.level_scores)
+    assert len(result.deformation["points"]) == 2
     assert np.allclose(result.matrix, recovered[1].matrix)  # the same linear stage, untouched
 
 
