@@ -79,7 +79,7 @@ class VelocityField(torch.nn.Module):
     >>> tuple(vf.velocity.shape), vf.spacing
     ((2, 5, 9), 0.25)
     >>> u = vf.displacement()  # zero velocity: the identity
-    >>> float(u(torch.zeros(3, 2, dtype=torch.float64)).abs().max())
+    >>> float(u(torch.zeros(3, 2, dtype=torch.float64)).detach().abs().max())
     0.0
     """
 
