@@ -100,14 +100,23 @@ class VelocityField(torch.nn.Module):
         self.register_buffer("lower", centre - half)
         self.register_buffer("upper", centre + half)
         self.velocity = torch.nn.Parameter(torch.zeros(2, gh, gw, dtype=dtype, device=device))
+        self._node_cache: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}
 
     def _nodes(self, gh: int, gw: int) -> torch.Tensor:
+        # computed once per grid shape: reading the corners as numbers waits for the device, and
+        # the stage integrates the field twice per iteration
+        key = (gh, gw, self.velocity.dtype, self.velocity.device)
+        cached = self._node_cache.get(key)
+        if cached is not None:
+            return cached
         ys = torch.linspace(float(self.lower[1]), float(self.upper[1]), gh, dtype=self.velocity.dtype,
                             device=self.velocity.device)
         xs = torch.linspace(float(self.lower[0]), float(self.upper[0]), gw, dtype=self.velocity.dtype,
                             device=self.velocity.device)
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        return torch.stack([xx, yy], -1).reshape(-1, 2)
+        nodes = torch.stack([xx, yy], -1).reshape(-1, 2)
+        self._node_cache[key] = nodes
+        return nodes
 
     def displacement(self, sign: float = 1.0, refine: int = 1) -> DisplacementGrid:
         """``exp(sign * v) - id`` by scaling and squaring (differentiable).
